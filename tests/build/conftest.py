@@ -1,0 +1,69 @@
+"""Shared fixtures of the CPU tests: the supported base wheels, fetched once through pip."""
+
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import build_patched_wheel as bpw  # noqa: E402
+
+RELEASES = bpw.load_upstream()
+SUPPORTED = [
+    (variant, version)
+    for version in sorted(RELEASES, key=bpw.version_key)
+    for variant in bpw.VARIANTS
+]
+CACHE = Path(
+    os.environ.get(
+        "TORCHTRT_WHEEL_CACHE",
+        Path.home() / ".cache" / "torch-tensorrt-offload" / "wheels",
+    )
+)
+
+
+def base_wheel(variant: str, version: str) -> Path:
+    """The official wheel of ``variant`` ``version`` for this interpreter, from the cache or pip."""
+    digests = RELEASES[version][variant]
+    target = CACHE / f"{variant}-{version}"
+    cached = sorted(target.glob("*.whl")) if target.is_dir() else []
+    if len(cached) == 1 and bpw.sha256_of(cached[0]) == digests.get(cached[0].name):
+        return cached[0]
+    for stale in cached:
+        stale.unlink()
+    target.mkdir(parents=True, exist_ok=True)
+    return bpw.download_base_wheel(variant, version, digests, target)
+
+
+@pytest.fixture(scope="session", params=SUPPORTED, ids=lambda p: f"{p[0]}-{p[1]}")
+def supported_wheel(request) -> Path:
+    return base_wheel(*request.param)
+
+
+@pytest.fixture(scope="session")
+def rtx_2_11_wheel() -> Path:
+    return base_wheel("torch_tensorrt_rtx", "2.11.0")
+
+
+@pytest.fixture(scope="session")
+def patched_trees(tmp_path_factory):
+    """``{(variant, version): upstream-layout tree with the series applied}``, built on demand."""
+    trees = {}
+
+    def get(variant: str, version: str) -> Path:
+        if (variant, version) not in trees:
+            wheel = base_wheel(variant, version)
+            tree = tmp_path_factory.mktemp(f"{variant}-{version}") / "upstream"
+            with zipfile.ZipFile(wheel) as zf:
+                members = [n for n in zf.namelist() if n.startswith("torch_tensorrt/")]
+                zf.extractall(tree / "py", members=members)
+            _, patches = bpw.series_for(version)
+            bpw.apply_series(tree, patches, wheel.name)
+            trees[(variant, version)] = tree
+        return trees[(variant, version)]
+
+    return get

@@ -1,0 +1,185 @@
+"""The patch series applies to every supported release wheel and does what it says."""
+
+import ast
+import py_compile
+import re
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, SUPPORTED, bpw
+
+MTTM = "py/torch_tensorrt/dynamo/runtime/_MutableTorchTensorRTModule.py"
+UTILS = "py/torch_tensorrt/dynamo/utils.py"
+OFFLOAD = "offload_module_to_cpu"
+DEP3_FIELDS = ("Description", "Author", "Origin", "Bug", "Forwarded", "Last-Update")
+
+
+def _all_series():
+    return sorted((ROOT / "patches").glob("**/series"))
+
+
+def _all_patch_files():
+    return sorted((ROOT / "patches").glob("**/*.patch"))
+
+
+@pytest.mark.parametrize("variant,version", SUPPORTED, ids=lambda v: str(v))
+def test_series_applies_and_byte_compiles(patched_trees, variant, version, tmp_path):
+    tree = patched_trees(variant, version)
+    for name in (MTTM, UTILS):
+        py_compile.compile(
+            str(tree / name), cfile=str(tmp_path / "out.pyc"), doraise=True
+        )
+
+
+def _enclosing_if_tests(tree: ast.AST):
+    """Map every node to the list of `if` tests that enclose it (body only, not orelse)."""
+    guards = {}
+
+    def visit(node, tests):
+        guards[node] = tests
+        if isinstance(node, ast.If):
+            for child in node.body:
+                visit(child, tests + [node.test])
+            for child in node.orelse:
+                visit(child, tests)
+            visit(node.test, tests)
+            return
+        for child in ast.iter_child_nodes(node):
+            visit(child, tests)
+
+    visit(tree, [])
+    return guards
+
+
+def _called_name(call: ast.Call) -> str:
+    func = call.func
+    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+
+
+def _mentions_offload(test: ast.AST) -> bool:
+    return any(
+        (isinstance(n, ast.Attribute) and n.attr == OFFLOAD)
+        or (isinstance(n, ast.Name) and n.id == OFFLOAD)
+        for n in ast.walk(test)
+    )
+
+
+@pytest.mark.parametrize("variant,version", SUPPORTED, ids=lambda v: str(v))
+def test_every_offload_in_mutable_module_is_gated(patched_trees, variant, version):
+    source = (patched_trees(variant, version) / MTTM).read_text()
+    module = ast.parse(source)
+    guards = _enclosing_if_tests(module)
+    functions = {
+        n.name: n for n in ast.walk(module) if isinstance(n, ast.FunctionDef)
+    }
+    offload_helper = functions["_offload_original_model"]
+    helper_nodes = set(ast.walk(offload_helper))
+
+    dealloc_calls = [
+        n
+        for n in ast.walk(module)
+        if isinstance(n, ast.Call) and _called_name(n) == "deallocate_module"
+    ]
+    helper_calls = [
+        n
+        for n in ast.walk(module)
+        if isinstance(n, ast.Call) and _called_name(n) == "_offload_original_model"
+    ]
+    assert dealloc_calls, "no deallocate_module call found: the check would prove nothing"
+    for call in dealloc_calls:
+        assert call in helper_nodes or any(
+            _mentions_offload(t) for t in guards[call]
+        ), f"line {call.lineno}: deallocate_module is not gated by {OFFLOAD}"
+    # The helper is reached only under the setting: from compile, refit, the refit check, load
+    callers = set()
+    for call in helper_calls:
+        assert any(
+            _mentions_offload(t) for t in guards[call]
+        ), f"line {call.lineno}: _offload_original_model is not gated by {OFFLOAD}"
+        callers.update(
+            name
+            for name, fn in functions.items()
+            if call in set(ast.walk(fn)) and name != "_offload_original_model"
+        )
+    assert {"compile", "update_refit_condition", "refit_gm", "load"} <= callers
+
+    mttm_class = next(
+        n
+        for n in module.body
+        if isinstance(n, ast.ClassDef) and n.name == "MutableTorchTensorRTModule"
+    )
+    init = next(
+        n for n in mttm_class.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"
+    )
+    kwonly = {a.arg: d for a, d in zip(init.args.kwonlyargs, init.args.kw_defaults)}
+    assert OFFLOAD in kwonly, f"{OFFLOAD} is not a keyword of __init__"
+    assert ast.unparse(kwonly[OFFLOAD]) == "_defaults.OFFLOAD_MODULE_TO_CPU"
+    assert f"{OFFLOAD} (bool)" in ast.get_docstring(init)
+    assert "additional_settings.get(\"offload_module_to_cpu\"" not in source
+
+
+@pytest.mark.parametrize("variant,version", SUPPORTED, ids=lambda v: str(v))
+def test_default_is_false(patched_trees, variant, version):
+    defaults = (
+        patched_trees(variant, version) / "py/torch_tensorrt/dynamo/_defaults.py"
+    ).read_text()
+    assert re.search(r"^OFFLOAD_MODULE_TO_CPU = False$", defaults, re.M)
+
+
+@pytest.mark.parametrize("variant,version", SUPPORTED, ids=lambda v: str(v))
+def test_deallocate_module_returns_early_without_cuda(patched_trees, variant, version):
+    module = ast.parse((patched_trees(variant, version) / UTILS).read_text())
+    fn = next(
+        n
+        for n in ast.walk(module)
+        if isinstance(n, ast.FunctionDef) and n.name == "deallocate_module"
+    )
+    first = fn.body[1]  # body[0] is the docstring
+    assert isinstance(first, ast.If) and "is_cuda" in ast.unparse(first.test)
+    assert isinstance(first.body[0], ast.Return)
+
+
+@pytest.mark.parametrize("series", _all_series(), ids=lambda p: p.parent.name)
+def test_series_lists_existing_patches(series):
+    listed = [
+        line.split("#", 1)[0].strip()
+        for line in series.read_text().splitlines()
+        if line.split("#", 1)[0].strip()
+    ]
+    assert listed
+    for name in listed:
+        assert (series.parent / name).is_file(), f"{series}: {name} does not exist"
+
+
+@pytest.mark.parametrize("patch", _all_patch_files(), ids=lambda p: p.name)
+def test_patch_has_dep3_header_and_git_paths(patch):
+    text = patch.read_text()
+    header = text.split("\n---\n", 1)[0]
+    for field in DEP3_FIELDS:
+        assert re.search(
+            rf"^{field}: \S", header, re.M
+        ), f"{patch.name}: DEP-3 {field} missing"
+    diffs = re.findall(r"^diff --git a/(\S+) b/(\S+)$", text, re.M)
+    assert diffs and all(a == b and a.startswith("py/") for a, b in diffs)
+
+
+def test_every_patch_is_in_a_series():
+    used = set()
+    for series in _all_series():
+        for line in series.read_text().splitlines():
+            name = line.split("#", 1)[0].strip()
+            if name:
+                used.add((series.parent / name).resolve())
+    unused = [p for p in _all_patch_files() if p.resolve() not in used]
+    assert not unused, f"patches in no series: {unused}"
+
+
+def test_no_upstream_source_outside_patches():
+    """The repository holds only our files: no copy of the torch_tensorrt package anywhere."""
+    ours = [
+        p
+        for p in ROOT.rglob("*")
+        if p.is_file() and ".git" not in p.parts and "dist" not in p.parts
+    ]
+    copied = [p for p in ours if "torch_tensorrt" in p.relative_to(ROOT).parts]
+    assert not copied, copied
