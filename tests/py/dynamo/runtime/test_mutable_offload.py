@@ -32,7 +32,7 @@ except Exception as e:  # CPU-only torch raises at import (is_thor() queries CUD
 from torch_tensorrt.dynamo.utils import COSINE_THRESHOLD, cosine_similarity
 
 DEVICE = torch.device("cuda:0")
-VOCAB, HIDDEN, HEADS, BLOCKS, SEQ, BATCH = 32000, 512, 8, 2, 16, 2
+VOCAB, HIDDEN, HEADS, BLOCKS, SEQ, BATCH = 32000, 512, 8, 1, 16, 2
 MTTM_LOGGER = "torch_tensorrt.dynamo.runtime._MutableTorchTensorRTModule"
 
 requires_refit = pytest.mark.skipif(
@@ -152,11 +152,18 @@ def _check_gr00t_pattern(mttm, model: nn.Module, step: str) -> None:
 
 
 def _used_device_memory() -> int:
+    """Device memory in use: what ``mem_get_info`` reports used, less the caching allocator's slack.
+
+    Freed weights of 1-10 MiB live in 20 MiB allocator segments that ``empty_cache`` can only
+    return once the whole segment is free; those bytes are reserved by PyTorch but in use by
+    nobody, so they are not counted.
+    """
     gc.collect()
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     free, total = torch.cuda.mem_get_info()
-    return total - free
+    slack = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+    return total - free - slack
 
 
 @pytest.fixture(autouse=True)
@@ -184,16 +191,9 @@ def _compile(model: nn.Module, use_python_runtime: bool, **settings):
     )
     with torch.no_grad():
         mttm(model.embed_tokens(_input_ids()))
+    if not mttm.offload_module_to_cpu:
+        _check_gr00t_pattern(mttm, model, "the first compilation")
     return mttm
-
-
-@pytest.mark.parametrize("use_python_runtime", RUNTIMES)
-@pytest.mark.parametrize("settings", OFFLOAD_OFF)
-def test_first_compile_keeps_model_on_device(settings, use_python_runtime):
-    model = _make_model()
-    mttm = _compile(model, use_python_runtime, **settings)
-    assert mttm.offload_module_to_cpu is False
-    _check_gr00t_pattern(mttm, model, "the first compilation")
 
 
 @pytest.mark.parametrize("use_python_runtime", RUNTIMES)
@@ -203,6 +203,7 @@ def test_refit_after_load_state_dict_keeps_model_on_device(
 ):
     model = _make_model()
     mttm = _compile(model, use_python_runtime, **settings)
+    assert mttm.offload_module_to_cpu is False
     new_state = {k: v.clone() for k, v in _make_model(seed=1).state_dict().items()}
     mttm.load_state_dict(new_state)
     _check_gr00t_pattern(mttm, model, "load_state_dict and the refit")
@@ -232,24 +233,20 @@ def test_attribute_assignment_keeps_model_on_device(settings, use_python_runtime
     _check_gr00t_pattern(mttm, model, "an attribute assignment")
 
 
-@pytest.mark.parametrize("use_python_runtime", RUNTIMES)
 @pytest.mark.parametrize("settings", OFFLOAD_OFF)
-def test_recompile_on_new_shape_keeps_model_on_device(settings, use_python_runtime):
+def test_recompile_on_new_shape_keeps_model_on_device(settings):
     model = _make_model()
-    mttm = _compile(model, use_python_runtime, **settings)
+    mttm = _compile(model, False, **settings)
     with torch.no_grad():
         longer = mttm.get_input_embeddings()(_input_ids(seq=2 * SEQ))
         _assert_close(model(longer), mttm(longer), "a recompilation for a new shape")
     _assert_all_on_cuda(model, "a recompilation for a new shape")
 
 
-@pytest.mark.parametrize("use_python_runtime", RUNTIMES)
 @pytest.mark.parametrize("settings", OFFLOAD_OFF)
-def test_forward_with_input_ids_keeps_model_on_device(settings, use_python_runtime):
+def test_forward_with_input_ids_keeps_model_on_device(settings):
     model = _make_model(TinyLanguageModelWithIds)
-    mttm = torch_trt.MutableTorchTensorRTModule(
-        model, min_block_size=1, use_python_runtime=use_python_runtime, **settings
-    )
+    mttm = torch_trt.MutableTorchTensorRTModule(model, min_block_size=1, **settings)
     input_ids = _input_ids()
     with torch.no_grad():
         _assert_close(model(input_ids), mttm(input_ids), "the first compilation")
