@@ -352,6 +352,11 @@ def test_offload_frees_the_model_weights_on_the_device():
     # PyTorch holds no device copy of the weights: only inputs and outputs of the last call
     assert torch.cuda.memory_allocated() < 0.05 * weight_bytes
     saved = used_kept - used_offloaded
+    print(
+        f"[memory] weights {weight_bytes / 2**20:.1f} MiB; device memory in use after compile: "
+        f"offload off {used_kept / 2**20:.1f} MiB, on {used_offloaded / 2**20:.1f} MiB, "
+        f"saved {saved / 2**20:.1f} MiB"
+    )
     assert saved >= 0.9 * weight_bytes, (
         f"offloading saved {saved / 2**20:.1f} MiB of device memory; the model's weights are "
         f"{weight_bytes / 2**20:.1f} MiB"
@@ -372,6 +377,7 @@ def test_offload_frees_the_model_weights_on_the_device():
         - base
         - inputs_embeds.numel() * inputs_embeds.element_size()
     )
+    print(f"[memory] offloaded, after refit: {used_after_refit / 2**20:.1f} MiB")
     assert used_after_refit <= used_offloaded + 0.1 * weight_bytes, (
         f"after the refit {(used_after_refit - used_offloaded) / 2**20:.1f} MiB more device memory "
         f"is in use than after compilation (weights: {weight_bytes / 2**20:.1f} MiB)"
