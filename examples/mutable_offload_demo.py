@@ -15,7 +15,9 @@ import tempfile
 import torch
 import torch_tensorrt
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests/py/dynamo/runtime"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(__file__), "..", "tests/py/dynamo/runtime")
+)
 from test_mutable_offload import TinyLanguageModel  # noqa: E402
 
 
@@ -43,7 +45,9 @@ def main() -> None:
     with torch.no_grad():
         mttm.layers[0].fc1.weight.mul_(1.5)
     report("weight change (refit)", mttm, model)
-    model.to("cuda")  # undo what an unpatched release did, to test the next step on its own
+    model.to(
+        "cuda"
+    )  # undo what an unpatched release did, to test the next step on its own
     mttm.generation_mode = "greedy"
     report("attribute assignment", mttm, model)
     model.to("cuda")

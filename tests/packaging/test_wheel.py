@@ -118,8 +118,14 @@ def _pip_wheel(tmp_path: Path, **env) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     "env,expected",
     [
-        ({"USE_TRT_RTX": "1", "TORCHTRT_BASE_VERSION": "2.11.0"}, "torch_tensorrt_rtx-2.11.0+"),
-        ({"USE_TRT_RTX": "0", "TORCHTRT_BASE_VERSION": "2.14.0"}, "torch_tensorrt-2.14.0+"),
+        (
+            {"USE_TRT_RTX": "1", "TORCHTRT_BASE_VERSION": "2.11.0"},
+            "torch_tensorrt_rtx-2.11.0+",
+        ),
+        (
+            {"USE_TRT_RTX": "0", "TORCHTRT_BASE_VERSION": "2.14.0"},
+            "torch_tensorrt-2.14.0+",
+        ),
     ],
     ids=["rtx-2.11.0", "trt-2.14.0"],
 )
@@ -141,7 +147,9 @@ def test_pip_wheel_builds_patched_release(tmp_path, env, expected):
 def test_pip_wheel_unsupported_version_fails_cleanly(tmp_path):
     result = _pip_wheel(tmp_path, TORCHTRT_BASE_VERSION="2.10.0")
     assert result.returncode != 0
-    assert "TORCHTRT_BASE_VERSION=2.10.0 is not supported" in result.stderr + result.stdout
+    assert (
+        "TORCHTRT_BASE_VERSION=2.10.0 is not supported" in result.stderr + result.stdout
+    )
     assert not list(tmp_path.rglob("*.whl"))
 
 
@@ -153,7 +161,13 @@ def _cli(tmp_path: Path, *args, **env) -> subprocess.CompletedProcess:
     }
     environ.update(env)
     return subprocess.run(
-        [sys.executable, str(ROOT / "build_patched_wheel.py"), "-o", str(tmp_path / "out"), *args],
+        [
+            sys.executable,
+            str(ROOT / "build_patched_wheel.py"),
+            "-o",
+            str(tmp_path / "out"),
+            *args,
+        ],
         env=environ,
         capture_output=True,
         text=True,
@@ -188,7 +202,12 @@ def test_no_network_and_no_local_wheel(tmp_path):
         PIP_FIND_LINKS=str(tmp_path),
         PIP_CONFIG_FILE=os.devnull,
     )
-    _assert_failed(result, "could not download torch-tensorrt==2.11.0", "TORCHTRT_BASE_WHEEL", out=tmp_path)
+    _assert_failed(
+        result,
+        "could not download torch-tensorrt==2.11.0",
+        "TORCHTRT_BASE_WHEEL",
+        out=tmp_path,
+    )
 
 
 def test_wheel_that_is_not_torch_tensorrt(tmp_path):
@@ -210,7 +229,11 @@ def test_wheel_with_wrong_digest(tmp_path, rtx_2_11_wheel):
 
 def test_wheel_and_variant_disagree(tmp_path, rtx_2_11_wheel):
     result = _cli(tmp_path, "--base-wheel", str(rtx_2_11_wheel), USE_TRT_RTX="0")
-    _assert_failed(result, "is torch_tensorrt_rtx but the build asks for torch_tensorrt", out=tmp_path)
+    _assert_failed(
+        result,
+        "is torch_tensorrt_rtx but the build asks for torch_tensorrt",
+        out=tmp_path,
+    )
 
 
 def test_patch_that_does_not_apply_names_patch_file_and_hunk(tmp_path, rtx_2_11_wheel):
@@ -220,18 +243,27 @@ def test_patch_that_does_not_apply_names_patch_file_and_hunk(tmp_path, rtx_2_11_
     text = broken.read_text()
     # Change one context line of the refit_gm hunk: the patch must now be refused, not fuzzed
     assert text.count("\n             in_place=True,\n") == 1
-    broken.write_text(text.replace("\n             in_place=True,\n", "\n             in_place=False,\n"))
+    broken.write_text(
+        text.replace(
+            "\n             in_place=True,\n", "\n             in_place=False,\n"
+        )
+    )
     out = tmp_path / "out"
     with pytest.raises(bpw.BuildError) as error:
         bpw.build(out, base_wheel=str(rtx_2_11_wheel), patches_dir=patches)
     message = str(error.value)
-    assert "patch 0002-mutable-module-offload-only-when-asked.patch does not apply" in message
+    assert (
+        "patch 0002-mutable-module-offload-only-when-asked.patch does not apply"
+        in message
+    )
     assert "py/torch_tensorrt/dynamo/runtime/_MutableTorchTensorRTModule.py" in message
     assert "hunk #6 (@@ -311,7 +316,15 @@" in message, message
     assert not list(out.rglob("*.whl")) if out.exists() else True
 
 
-def test_patch_reported_applied_but_changing_nothing_is_refused(tmp_path, rtx_2_11_wheel):
+def test_patch_reported_applied_but_changing_nothing_is_refused(
+    tmp_path, rtx_2_11_wheel
+):
     patches = tmp_path / "patches"
     (patches / "2.11").mkdir(parents=True)
     noop = patches / "2.11" / "0001-noop.patch"

@@ -69,9 +69,7 @@ def test_every_offload_in_mutable_module_is_gated(patched_trees, variant, versio
     source = (patched_trees(variant, version) / MTTM).read_text()
     module = ast.parse(source)
     guards = _enclosing_if_tests(module)
-    functions = {
-        n.name: n for n in ast.walk(module) if isinstance(n, ast.FunctionDef)
-    }
+    functions = {n.name: n for n in ast.walk(module) if isinstance(n, ast.FunctionDef)}
     offload_helper = functions["_offload_original_model"]
     helper_nodes = set(ast.walk(offload_helper))
 
@@ -85,7 +83,9 @@ def test_every_offload_in_mutable_module_is_gated(patched_trees, variant, versio
         for n in ast.walk(module)
         if isinstance(n, ast.Call) and _called_name(n) == "_offload_original_model"
     ]
-    assert dealloc_calls, "no deallocate_module call found: the check would prove nothing"
+    assert (
+        dealloc_calls
+    ), "no deallocate_module call found: the check would prove nothing"
     for call in dealloc_calls:
         assert call in helper_nodes or any(
             _mentions_offload(t) for t in guards[call]
@@ -109,13 +109,15 @@ def test_every_offload_in_mutable_module_is_gated(patched_trees, variant, versio
         if isinstance(n, ast.ClassDef) and n.name == "MutableTorchTensorRTModule"
     )
     init = next(
-        n for n in mttm_class.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"
+        n
+        for n in mttm_class.body
+        if isinstance(n, ast.FunctionDef) and n.name == "__init__"
     )
     kwonly = {a.arg: d for a, d in zip(init.args.kwonlyargs, init.args.kw_defaults)}
     assert OFFLOAD in kwonly, f"{OFFLOAD} is not a keyword of __init__"
     assert ast.unparse(kwonly[OFFLOAD]) == "_defaults.OFFLOAD_MODULE_TO_CPU"
     assert f"{OFFLOAD} (bool)" in ast.get_docstring(init)
-    assert "additional_settings.get(\"offload_module_to_cpu\"" not in source
+    assert 'additional_settings.get("offload_module_to_cpu"' not in source
 
 
 @pytest.mark.parametrize("variant,version", SUPPORTED, ids=lambda v: str(v))
