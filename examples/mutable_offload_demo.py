@@ -22,8 +22,13 @@ from test_mutable_offload import TinyLanguageModel  # noqa: E402
 
 
 def report(step: str, mttm, model: torch.nn.Module) -> None:
-    devices = sorted({str(p.device) for p in model.parameters()})
     input_ids = torch.randint(0, 32000, (2, 16), device="cuda")
+    with torch.no_grad():
+        # Refits and refit checks are lazy: the first call after a change carries them out
+        mttm(
+            model.embed_tokens.weight.new_zeros(2, 16, model.embed_tokens.embedding_dim)
+        )
+    devices = sorted({str(p.device) for p in model.parameters()})
     try:
         with torch.no_grad():
             embeds = mttm.get_input_embeddings()(input_ids)
