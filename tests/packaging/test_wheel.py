@@ -275,3 +275,52 @@ def test_patch_reported_applied_but_changing_nothing_is_refused(
     with pytest.raises(bpw.BuildError) as error:
         bpw.build(tmp_path / "out", base_wheel=str(rtx_2_11_wheel), patches_dir=patches)
     assert "0001-noop.patch" in str(error.value)
+
+
+# ------------------------------------------------------------------------------------------
+# Choosing the base release
+
+
+def test_choose_version_prefers_the_installed_torch_line():
+    releases = {v: {} for v in ("2.11.0", "2.12.1", "2.13.0", "2.14.0")}
+    assert bpw.choose_version(releases, None, "2.12.0+cu130") == "2.12.1"
+    assert bpw.choose_version(releases, None, "2.13.0") == "2.13.0"
+    assert bpw.choose_version(releases, None, "2.15.1") == "2.14.0"  # no match: newest
+    assert bpw.choose_version(releases, None, None) == "2.14.0"
+    assert bpw.choose_version(releases, "2.11.0", "2.13.0") == "2.11.0"  # explicit wins
+
+
+def test_choose_variant():
+    assert bpw.choose_variant(None) == "torch_tensorrt"
+    assert bpw.choose_variant("0") == "torch_tensorrt"
+    assert bpw.choose_variant("1") == "torch_tensorrt_rtx"
+    assert bpw.choose_variant("TRUE") == "torch_tensorrt_rtx"
+
+
+def test_pip_wheel_defaults_to_the_release_of_the_installed_torch(tmp_path):
+    """pip builds in isolation; the backend still sees the torch of the target interpreter."""
+    import importlib.metadata
+
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = None
+    expected = bpw.choose_version(RELEASES, None, torch_version)
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("USE_TRT_RTX", "TORCHTRT_BASE_VERSION", "TORCHTRT_BASE_WHEEL")
+    }
+    out = tmp_path / "wheelhouse"
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(ROOT)],
+        env=environ,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (wheel,) = out.glob("*.whl")
+    assert wheel.name.startswith(f"torch_tensorrt-{expected}+"), (
+        torch_version,
+        wheel.name,
+    )
