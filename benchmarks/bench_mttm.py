@@ -1,0 +1,331 @@
+"""Benchmark MutableTorchTensorRTModule lifecycle paths: released vs patched Torch-TensorRT.
+
+One command on one GPU. Each (model size, offload setting, build) case runs in its own process,
+with the builds alternating, so both see the same machine state:
+
+    python benchmarks/bench_mttm.py \\
+        --build upstream=/tmp/gpu-torchtrt/2.11.0 \\
+        --build patched=/tmp/gpu-torchtrt/2.11.0+offload.94fe8c8a \\
+        --extra-path /tmp/gpu-site --sizes 100 750 3072 --json bench.json
+
+``--build NAME=DIR`` puts DIR (a site directory holding ``torch_tensorrt``) first on the
+worker's PYTHONPATH; ``--extra-path`` follows it (TensorRT and helpers). The first build is the
+baseline of the ratio column. Models are decoder-style fp16 language models whose weights are
+mostly the embedding table, sized to ``--sizes`` MiB.
+
+Figures per case: compile time (first call); forward latency (median of ``--iters`` calls after
+warm-up); the call after an attribute assignment; the call after reading a weight without
+changing it; the call after a real weight change (refit); save and load time (C++ runtime);
+device memory in use after compile and after the refit (``torch.cuda.mem_get_info``, relative
+to before compilation, less the caching allocator's free bytes) and PyTorch's allocator peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+MIB = 1 << 20
+FP16_BYTES = 2
+SEQ = 128
+# (hidden, blocks) per size class: blocks are ~12·hidden² parameters each
+SHAPES = ((4096, 2), (2048, 2), (1024, 2), (1024, 1))
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    vocab: int
+    hidden: int
+    blocks: int
+
+    @property
+    def parameters(self) -> int:
+        per_block = 12 * self.hidden * self.hidden + 13 * self.hidden
+        return self.vocab * self.hidden + self.blocks * per_block + 2 * self.hidden
+
+    @property
+    def bytes(self) -> int:
+        return self.parameters * FP16_BYTES
+
+
+def model_dims(target_mib: float) -> ModelDims:
+    """Dimensions of an fp16 model of about ``target_mib`` MiB, most of it the embedding."""
+    target = target_mib * MIB
+    for hidden, blocks in SHAPES:
+        block_bytes = blocks * (12 * hidden * hidden + 13 * hidden) * FP16_BYTES
+        # Keep the embedding at least two thirds of the model
+        if block_bytes <= target / 3:
+            vocab = int((target - block_bytes) / (hidden * FP16_BYTES))
+            return ModelDims(vocab=vocab, hidden=hidden, blocks=blocks)
+    raise ValueError(f"{target_mib} MiB is too small for these model shapes")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--build",
+        action="append",
+        default=[],
+        metavar="NAME=SITE_DIR",
+        help="a Torch-TensorRT build to measure; the first is the baseline",
+    )
+    parser.add_argument(
+        "--extra-path", default="", help="appended to each worker's PYTHONPATH"
+    )
+    parser.add_argument(
+        "--sizes", type=float, nargs="+", default=[100.0, 750.0, 3072.0]
+    )
+    parser.add_argument(
+        "--offload", nargs="+", choices=("off", "on"), default=["off", "on"]
+    )
+    parser.add_argument("--iters", type=int, default=50, help="timed forward calls")
+    parser.add_argument("--repeats", type=int, default=5, help="timed lifecycle calls")
+    parser.add_argument("--json", help="write all results here")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not args.worker:
+        builds = []
+        for spec in args.build:
+            name, sep, site = spec.partition("=")
+            if not sep or not name or not site:
+                parser.error(f"--build takes NAME=SITE_DIR, got {spec!r}")
+            builds.append((name, site))
+        if len(builds) < 1:
+            parser.error("give at least one --build NAME=SITE_DIR")
+        args.builds = builds
+    if args.iters < 1 or args.repeats < 1:
+        parser.error("--iters and --repeats must be positive")
+    return args
+
+
+# --------------------------------------------------------------------------------------------
+# Worker: one build, one size, one offload setting, in its own process
+
+
+def run_case(
+    size_mib: float, offload: bool, iters: int, repeats: int
+) -> Dict[str, float]:
+    import dataclasses
+    import gc
+    import tempfile
+
+    import torch
+    import torch_tensorrt
+    from torch import nn
+    from torch_tensorrt.dynamo._settings import CompilationSettings
+
+    dims = model_dims(size_mib)
+    device = torch.device("cuda:0")
+
+    class Block(nn.Module):
+        def __init__(self, h: int) -> None:
+            super().__init__()
+            self.norm1, self.norm2 = nn.LayerNorm(h), nn.LayerNorm(h)
+            self.qkv, self.proj = nn.Linear(h, 3 * h), nn.Linear(h, h)
+            self.fc1, self.fc2 = nn.Linear(h, 4 * h), nn.Linear(4 * h, h)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+            a = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, dim=-1)
+            x = x + self.proj(a @ v)
+            return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm2(x))))
+
+    class LanguageModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed_tokens = nn.Embedding(dims.vocab, dims.hidden)
+            self.layers = nn.ModuleList(Block(dims.hidden) for _ in range(dims.blocks))
+            self.norm = nn.LayerNorm(dims.hidden)
+
+        def get_input_embeddings(self) -> nn.Embedding:
+            return self.embed_tokens
+
+        def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+            x = inputs_embeds
+            for layer in self.layers:
+                x = layer(x)
+            return self.norm(x)
+
+    def used() -> int:
+        gc.collect()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info()
+        return (
+            total
+            - free
+            - (torch.cuda.memory_reserved() - torch.cuda.memory_allocated())
+        )
+
+    def timed(fn) -> float:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - start) * 1e3
+
+    torch.manual_seed(0)
+    model = LanguageModel().eval().half().to(device)
+    ids = torch.randint(0, dims.vocab, (1, SEQ), device=device)
+    with torch.no_grad():
+        x = model.embed_tokens(ids)
+    base = used()
+    torch.cuda.reset_peak_memory_stats()
+    result: Dict[str, float] = {"model_mib": dims.bytes / MIB}
+    settings = {f.name for f in dataclasses.fields(CompilationSettings)}
+    # fp16 weights, fp16 engine; newer releases are always strongly typed and lack the field
+    typing = {"use_explicit_typing": True} if "use_explicit_typing" in settings else {}
+    mttm = torch_tensorrt.MutableTorchTensorRTModule(
+        model, min_block_size=1, offload_module_to_cpu=offload, **typing
+    )
+    with torch.no_grad():
+        result["compile_s"] = timed(lambda: mttm(x)) / 1e3
+        result["mem_after_compile_mib"] = (used() - base) / MIB
+        for _ in range(10):
+            mttm(x)
+        result["forward_ms"] = statistics.median(
+            timed(lambda: mttm(x)) for _ in range(iters)
+        )
+
+        attribute, touch = [], []
+        for i in range(repeats):
+            mttm.bench_step = i
+            attribute.append(timed(lambda: mttm(x)))
+            _ = mttm.layers[0].fc1.weight  # a read through the wrapper, no change
+            touch.append(timed(lambda: mttm(x)))
+        result["after_attribute_ms"] = statistics.median(attribute)
+        result["after_weight_read_ms"] = statistics.median(touch)
+
+        mttm.layers[0].fc1.weight.mul_(1.01)  # a real change: refit
+        result["refit_ms"] = timed(lambda: mttm(x))
+        result["mem_after_refit_mib"] = (used() - base) / MIB
+        result["peak_allocated_mib"] = torch.cuda.max_memory_allocated() / MIB
+        result["model_on"] = str(next(model.parameters()).device)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "mutable.pkl")
+        result["save_s"] = (
+            timed(lambda: torch_tensorrt.MutableTorchTensorRTModule.save(mttm, path))
+            / 1e3
+        )
+        result["load_s"] = (
+            timed(lambda: torch_tensorrt.MutableTorchTensorRTModule.load(path)) / 1e3
+        )
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Orchestrator
+
+
+def run_worker(
+    site: str, extra_path: str, size: float, offload: str, iters: int, repeats: int
+) -> Dict[str, object]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (site, extra_path) if p)
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        "--size",
+        str(size),
+        "--offload",
+        offload,
+        "--iters",
+        str(iters),
+        "--repeats",
+        str(repeats),
+    ]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    if out.returncode != 0 or not lines:
+        tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
+        return {"error": " | ".join(tail)}
+    return json.loads(lines[-1])
+
+
+METRICS = (
+    ("compile_s", "compile (s)"),
+    ("forward_ms", "forward (ms, median)"),
+    ("after_attribute_ms", "call after attribute assignment (ms)"),
+    ("after_weight_read_ms", "call after weight read (ms)"),
+    ("refit_ms", "call after weight change: refit (ms)"),
+    ("save_s", "save (s)"),
+    ("load_s", "load (s)"),
+    ("mem_after_compile_mib", "device memory after compile (MiB)"),
+    ("mem_after_refit_mib", "device memory after refit (MiB)"),
+    ("peak_allocated_mib", "allocator peak (MiB)"),
+)
+
+
+def table(results: List[dict], builds: List[Tuple[str, str]]) -> str:
+    names = [n for n, _ in builds]
+    head = ["model", "offload", "figure", *names]
+    if len(names) > 1:
+        head += [f"{n}/{names[0]}" for n in names[1:]]
+    rows = [head, ["---"] * len(head)]
+    cases = sorted({(r["size"], r["offload"]) for r in results})
+    for size, offload in cases:
+        by_build = {
+            r["build"]: r
+            for r in results
+            if (r["size"], r["offload"]) == (size, offload)
+        }
+        for key, label in METRICS:
+            values = [by_build.get(n, {}).get(key) for n in names]
+            row = [f"{size:g} MiB", offload, label]
+            row += ["error" if v is None else f"{v:.3g}" for v in values]
+            base = values[0]
+            for v in values[1:]:
+                ok = (
+                    isinstance(base, (int, float))
+                    and isinstance(v, (int, float))
+                    and base
+                )
+                row.append(f"{v / base:.3g}" if ok else "")
+            rows.append(row)
+        for n in names:
+            if "error" in by_build.get(n, {}):
+                rows.append(
+                    [f"{size:g} MiB", offload, f"{n} failed", by_build[n]["error"]]
+                )
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        result = run_case(args.size, args.offload == ["on"], args.iters, args.repeats)
+        print(json.dumps(result))
+        return 0
+    results = []
+    round_no = 0
+    for size in args.sizes:
+        for offload in args.offload:
+            # Alternate which build goes first from one case to the next
+            order = args.builds if round_no % 2 == 0 else list(reversed(args.builds))
+            round_no += 1
+            for name, site in order:
+                r = run_worker(
+                    site, args.extra_path, size, offload, args.iters, args.repeats
+                )
+                r.update(build=name, size=size, offload=offload)
+                print(json.dumps(r), file=sys.stderr, flush=True)
+                results.append(r)
+    print(table(results, args.builds))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"builds": args.builds, "results": results}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""The benchmark script imports, parses its arguments and sizes its models without a GPU."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_mttm.py"
+spec = importlib.util.spec_from_file_location("bench_mttm", SCRIPT)
+bench = importlib.util.module_from_spec(spec)
+sys.modules["bench_mttm"] = bench  # dataclasses look their module up there
+spec.loader.exec_module(bench)
+
+
+def test_parse_builds_and_defaults():
+    args = bench.parse_args(["--build", "upstream=/a", "--build", "patched=/b=c"])
+    assert args.builds == [("upstream", "/a"), ("patched", "/b=c")]
+    assert args.sizes == [100.0, 750.0, 3072.0]
+    assert args.offload == ["off", "on"]
+    assert args.iters >= 50
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--build", "nameonly"],
+        ["--build", "=/site"],
+        ["--build", "a=/x", "--iters", "0"],
+    ],
+)
+def test_bad_arguments_exit_with_usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(argv)
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("size", [100, 750, 3072])
+def test_model_dims_hit_the_size_with_an_embedding_heavy_model(size):
+    dims = bench.model_dims(size)
+    assert abs(dims.bytes / bench.MIB - size) / size < 0.05
+    assert dims.vocab * dims.hidden >= 2 / 3 * dims.parameters
+
+
+def test_table_has_ratio_column_and_reports_errors():
+    results = [
+        {"build": "upstream", "size": 750.0, "offload": "off", "forward_ms": 2.0},
+        {"build": "patched", "size": 750.0, "offload": "off", "forward_ms": 1.0},
+        {"build": "patched", "size": 100.0, "offload": "on", "error": "boom"},
+    ]
+    text = bench.table(results, [("upstream", "/a"), ("patched", "/b")])
+    assert "| 750 MiB | off | forward (ms, median) | 2 | 1 | 0.5 |" in text
+    assert "patched failed | boom" in text
