@@ -117,42 +117,34 @@ def slug(subject: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", subject).strip("-")[:52].rstrip("-")
 
 
+def mail_from_patch(patch: Path) -> Tuple[str, str, str, str, str]:
+    """(author, date, subject, body, diff) of a DEP-3 patch."""
+    fields, diff = split_dep3(patch)
+    return (
+        fields["Author"][0],
+        mail_date(fields["Last-Update"][0]),
+        fields["Description"][0],
+        "\n".join(fields["Description"][1:]),
+        diff,
+    )
+
+
 def export(out_dir: Path) -> List[Path]:
     code = read_series(ROOT / "patches" / "series")
     docs = read_series(ROOT / "patches" / "upstream-only" / "series")
-    mails = []
-    for patch in code:
-        fields, diff = split_dep3(patch)
-        mails.append(
-            (
-                fields["Author"][0],
-                mail_date(fields["Last-Update"][0]),
-                fields["Description"][0],
-                "\n".join(fields["Description"][1:]),
-                diff,
-            )
-        )
-    last_update = split_dep3(code[-1])[0]["Last-Update"][0]
+    mails = [mail_from_patch(p) for p in code]
+    test_file = (ROOT / TEST_FILE).read_text(encoding="utf-8")
+    # The test mail carries the date of the last code patch, so the output stays reproducible
     mails.append(
         (
             TEST_AUTHOR,
-            mail_date(last_update),
+            mails[-1][1],
             TEST_SUBJECT,
             TEST_BODY,
-            new_file_diff(TEST_FILE, (ROOT / TEST_FILE).read_text(encoding="utf-8")),
+            new_file_diff(TEST_FILE, test_file),
         )
     )
-    for patch in docs:
-        fields, diff = split_dep3(patch)
-        mails.append(
-            (
-                fields["Author"][0],
-                mail_date(fields["Last-Update"][0]),
-                fields["Description"][0],
-                "\n".join(fields["Description"][1:]),
-                diff,
-            )
-        )
+    mails += [mail_from_patch(p) for p in docs]
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
