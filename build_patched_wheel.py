@@ -302,7 +302,9 @@ def apply_series(tree: Path, patches: Sequence[Patch], label: str) -> None:
     if shutil.which("git") is None:
         raise BuildError("git is needed to apply the patches and was not found on PATH")
     git = ["git", "-c", "core.autocrlf=false"]
-    env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(tree.parent))
+    # GIT_DIR, GIT_WORK_TREE and the like (set inside git hooks, for one) would redirect git
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env["GIT_CEILING_DIRECTORIES"] = str(tree.parent)
     subprocess.run(git + ["init", "-q", str(tree)], check=True, env=env)
     for patch in patches:
         files = patch.files()
