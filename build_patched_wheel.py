@@ -467,12 +467,9 @@ def build(
         provenance = {
             "base_wheel": wheel.name,
             "base_sha256": digest,
-            "series": series.relative_to(patches_dir).as_posix(),
+            "series": _patch_name(series),
             "patches": [
-                {
-                    "name": p.path.relative_to(patches_dir.resolve()).as_posix(),
-                    "sha256": sha256_of(p.path),
-                }
+                {"name": _patch_name(p.path), "sha256": sha256_of(p.path)}
                 for p in patches
             ],
         }
@@ -484,6 +481,14 @@ def build(
         final = out_dir / built.name
         shutil.move(str(built), str(final))
         return final
+
+
+def _patch_name(path: Path) -> str:
+    """``path`` relative to this repository's patches/ where it lies there, else as given."""
+    try:
+        return path.resolve().relative_to(PATCHES_DIR.resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def build_from_environment(out_dir: Path) -> Path:
@@ -533,6 +538,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument(
         "--rtx", action="store_true", help="torch_tensorrt_rtx (USE_TRT_RTX=1)"
     )
+    parser.add_argument(
+        "--patches-dir",
+        default=str(PATCHES_DIR),
+        help="directory of the series to apply (default: patches/; patches/staging for "
+        "patches not yet validated on a GPU)",
+    )
     args = parser.parse_args(argv)
     try:
         wheel = build(
@@ -540,6 +551,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             base_version=args.base_version or os.environ.get("TORCHTRT_BASE_VERSION"),
             use_trt_rtx="1" if args.rtx else os.environ.get("USE_TRT_RTX"),
             base_wheel=args.base_wheel or os.environ.get("TORCHTRT_BASE_WHEEL"),
+            patches_dir=Path(args.patches_dir),
         )
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -88,6 +88,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, default=50, help="timed forward calls")
     parser.add_argument("--repeats", type=int, default=5, help="timed lifecycle calls")
     parser.add_argument("--json", help="write all results here")
+    parser.add_argument(
+        "--aligned-lookup",
+        action="store_true",
+        help="instead: time an embedding lookup of an offloaded table with CUDA ids "
+        "(batch 8 x 512 tokens, vocab 128k, hidden 2048, fp16) against the same lookup on "
+        "the GPU; needs keep_on_device support (patches/staging/0003)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -222,12 +229,69 @@ def run_case(
     return result
 
 
+def run_aligned_lookup(iters: int) -> Dict[str, float]:
+    """Median latency of the offloaded (CPU-resident) lookup with CUDA ids vs the GPU lookup."""
+    import torch
+    import torch_tensorrt
+    from torch import nn
+
+    vocab, hidden, batch, seq = 128000, 2048, 8, 512
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed_tokens = nn.Embedding(vocab, hidden)
+            self.proj = nn.Linear(hidden, hidden)
+
+        def get_input_embeddings(self) -> nn.Embedding:
+            return self.embed_tokens
+
+        def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+            return self.proj(inputs_embeds)
+
+    def median_ms(fn) -> float:
+        for _ in range(5):
+            fn()
+        times = []
+        for _ in range(iters):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times)
+
+    torch.manual_seed(0)
+    model = Model().eval().half().cuda()
+    on_gpu = nn.Embedding(vocab, hidden).half().cuda()
+    on_gpu.load_state_dict(model.embed_tokens.state_dict())
+    ids = torch.randint(0, vocab, (batch, seq), device="cuda")
+    mttm = torch_tensorrt.MutableTorchTensorRTModule(
+        model, min_block_size=1, offload_module_to_cpu=True
+    )
+    with torch.no_grad():
+        mttm(on_gpu(ids[:1]))
+        lookup = mttm.get_input_embeddings()
+        assert model.embed_tokens.weight.device.type == "cpu"
+        assert torch.equal(lookup(ids), on_gpu(ids))
+        return {
+            "gpu_lookup_ms": median_ms(lambda: on_gpu(ids)),
+            "offloaded_lookup_ms": median_ms(lambda: lookup(ids)),
+        }
+
+
 # --------------------------------------------------------------------------------------------
 # Orchestrator
 
 
 def run_worker(
-    site: str, extra_path: str, size: float, offload: str, iters: int, repeats: int
+    site: str,
+    extra_path: str,
+    size: float,
+    offload: str,
+    iters: int,
+    repeats: int,
+    aligned_lookup: bool = False,
 ) -> Dict[str, object]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (site, extra_path) if p)
@@ -243,7 +307,7 @@ def run_worker(
         str(iters),
         "--repeats",
         str(repeats),
-    ]
+    ] + (["--aligned-lookup"] if aligned_lookup else [])
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
     if out.returncode != 0 or not lines:
@@ -303,8 +367,20 @@ def table(results: List[dict], builds: List[Tuple[str, str]]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        result = run_case(args.size, args.offload == ["on"], args.iters, args.repeats)
+        if args.aligned_lookup:
+            result = run_aligned_lookup(args.iters)
+        else:
+            result = run_case(
+                args.size, args.offload == ["on"], args.iters, args.repeats
+            )
         print(json.dumps(result))
+        return 0
+    if args.aligned_lookup:
+        for name, site in args.builds:
+            r = run_worker(
+                site, args.extra_path, 0, "on", args.iters, args.repeats, True
+            )
+            print(f"{name}: {json.dumps(r)}")
         return 0
     results = []
     round_no = 0

@@ -51,19 +51,20 @@ def rtx_2_11_wheel() -> Path:
 
 @pytest.fixture(scope="session")
 def patched_trees(tmp_path_factory):
-    """``{(variant, version): upstream-layout tree with the series applied}``, built on demand."""
+    """Upstream-layout trees of a release wheel with a series applied, built on demand."""
     trees = {}
 
-    def get(variant: str, version: str) -> Path:
-        if (variant, version) not in trees:
+    def get(variant: str, version: str, patches_dir: Path = bpw.PATCHES_DIR) -> Path:
+        key = (variant, version, patches_dir)
+        if key not in trees:
             wheel = base_wheel(variant, version)
             tree = tmp_path_factory.mktemp(f"{variant}-{version}") / "upstream"
             with zipfile.ZipFile(wheel) as zf:
                 members = [n for n in zf.namelist() if n.startswith("torch_tensorrt/")]
                 zf.extractall(tree / "py", members=members)
-            _, patches = bpw.series_for(version)
+            _, patches = bpw.series_for(version, patches_dir)
             bpw.apply_series(tree, patches, wheel.name)
-            trees[(variant, version)] = tree
-        return trees[(variant, version)]
+            trees[key] = tree
+        return trees[key]
 
     return get

@@ -22,9 +22,19 @@ def _all_patch_files():
     return sorted((ROOT / "patches").glob("**/*.patch"))
 
 
+# The shipped series, and the staging one (patches not yet validated on a GPU)
+SERIES_DIRS = [ROOT / "patches", ROOT / "patches" / "staging"]
+series_dirs = pytest.mark.parametrize(
+    "patches_dir", SERIES_DIRS, ids=lambda p: p.relative_to(ROOT).as_posix()
+)
+
+
+@series_dirs
 @pytest.mark.parametrize("variant,version", SUPPORTED, ids=lambda v: str(v))
-def test_series_applies_and_byte_compiles(patched_trees, variant, version, tmp_path):
-    tree = patched_trees(variant, version)
+def test_series_applies_and_byte_compiles(
+    patched_trees, variant, version, patches_dir, tmp_path
+):
+    tree = patched_trees(variant, version, patches_dir)
     for name in (MTTM, UTILS):
         py_compile.compile(
             str(tree / name), cfile=str(tmp_path / "out.pyc"), doraise=True
@@ -64,9 +74,12 @@ def _mentions_offload(test: ast.AST) -> bool:
     )
 
 
+@series_dirs
 @pytest.mark.parametrize("variant,version", SUPPORTED, ids=lambda v: str(v))
-def test_every_offload_in_mutable_module_is_gated(patched_trees, variant, version):
-    source = (patched_trees(variant, version) / MTTM).read_text()
+def test_every_offload_in_mutable_module_is_gated(
+    patched_trees, variant, version, patches_dir
+):
+    source = (patched_trees(variant, version, patches_dir) / MTTM).read_text()
     module = ast.parse(source)
     guards = _enclosing_if_tests(module)
     functions = {n.name: n for n in ast.walk(module) if isinstance(n, ast.FunctionDef)}
@@ -102,6 +115,13 @@ def test_every_offload_in_mutable_module_is_gated(patched_trees, variant, versio
             if call in set(ast.walk(fn)) and name != "_offload_original_model"
         )
     assert {"compile", "update_refit_condition", "refit_gm", "load"} <= callers
+    # Selective offload (staging) moves tensors itself; only the gated helper may call it
+    selective = [
+        n
+        for n in ast.walk(module)
+        if isinstance(n, ast.Call) and _called_name(n) == "_offload_all_but_kept"
+    ]
+    assert all(call in helper_nodes for call in selective)
 
     mttm_class = next(
         n
@@ -187,3 +207,77 @@ def test_no_upstream_source_outside_patches():
     ]
     copied = [p for p in ours if "torch_tensorrt" in p.relative_to(ROOT).parts]
     assert not copied, copied
+
+
+@pytest.mark.parametrize("variant,version", SUPPORTED, ids=lambda v: str(v))
+def test_staged_keep_on_device_keyword_and_aligned_calls(
+    patched_trees, variant, version
+):
+    source = (
+        patched_trees(variant, version, ROOT / "patches" / "staging") / MTTM
+    ).read_text()
+    module = ast.parse(source)
+    mttm_class = next(
+        n
+        for n in module.body
+        if isinstance(n, ast.ClassDef) and n.name == "MutableTorchTensorRTModule"
+    )
+    init = next(
+        n
+        for n in mttm_class.body
+        if isinstance(n, ast.FunctionDef) and n.name == "__init__"
+    )
+    kwonly = {a.arg: d for a, d in zip(init.args.kwonlyargs, init.args.kw_defaults)}
+    assert ast.unparse(kwonly["keep_on_device"]) == "()"
+    assert "keep_on_device (Union[str, Iterable[str]])" in ast.get_docstring(init)
+    wrapper_call = next(
+        n
+        for n in ast.walk(module)
+        if isinstance(n, ast.FunctionDef)
+        and n.name == "__call__"
+        and "_call_where_weights_live" in ast.unparse(n)
+    )
+    assert wrapper_call is not None
+
+
+def _staged_function(patched_trees, name: str):
+    """Compile one function of the staged MTTM source on its own (torch_tensorrt needs CUDA)."""
+    torch = pytest.importorskip("torch")
+    source = (
+        patched_trees("torch_tensorrt", "2.14.0", ROOT / "patches" / "staging") / MTTM
+    ).read_text()
+    fn = next(
+        n
+        for n in ast.walk(ast.parse(source))
+        if isinstance(n, ast.FunctionDef) and n.name == name
+    )
+    fn.decorator_list = []
+    namespace = {"torch": torch}
+    exec(
+        "import difflib, fnmatch, itertools\n"
+        "from typing import Iterable, Tuple, Union\n" + ast.unparse(fn),
+        namespace,
+    )
+    return namespace[name], torch
+
+
+def test_staged_keep_on_device_names_are_checked(patched_trees):
+    check, torch = _staged_function(patched_trees, "_check_keep_on_device")
+    model = torch.nn.Module()
+    model.model = torch.nn.Module()
+    model.model.embed_tokens = torch.nn.Embedding(10, 4)
+    model.model.layers = torch.nn.ModuleList([torch.nn.Linear(4, 4)] * 2)
+    model.lm_head = torch.nn.Linear(4, 10)
+
+    assert check(model, "lm_head") == ("lm_head",)
+    assert check(model, ["model.embed_tokens", "model.layers.*"]) == (
+        "model.embed_tokens",
+        "model.layers.*",
+    )
+    with pytest.raises(ValueError) as error:
+        check(model, ("model.embed_token",))
+    message = str(error.value)
+    assert "'model.embed_token' matches no submodule" in message
+    assert "closest names: model.embed_tokens" in message
+    with pytest.raises(ValueError):
+        check(model, ("decoder.*",))
