@@ -317,6 +317,15 @@ def apply_series(tree: Path, patches: Sequence[Patch], label: str) -> None:
                     "release wheel holds; keep such changes out of the series"
                 )
             before[name] = sha256_of(target) if target.is_file() else None
+        # Windows wheels ship CRLF sources; the patches are LF, as upstream's repository is.
+        # Apply to LF text and restore CRLF afterwards, so line endings stay the wheel's own.
+        crlf = [
+            tree / name
+            for name in files
+            if (tree / name).is_file() and b"\r\n" in (tree / name).read_bytes()
+        ]
+        for target in crlf:
+            target.write_bytes(target.read_bytes().replace(b"\r\n", b"\n"))
         out = subprocess.run(
             git + ["apply", "-p1", "--whitespace=nowarn", str(patch.path)],
             cwd=tree,
@@ -336,6 +345,8 @@ def apply_series(tree: Path, patches: Sequence[Patch], label: str) -> None:
             else:
                 where = "; ".join(message.splitlines()[:3])
             raise BuildError(f"patch {patch.name} does not apply to {label}: {where}")
+        for target in crlf:
+            target.write_bytes(target.read_bytes().replace(b"\n", b"\r\n"))
         for name in files:
             target = tree / name
             after = sha256_of(target) if target.is_file() else None

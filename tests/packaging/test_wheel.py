@@ -324,3 +324,24 @@ def test_pip_wheel_defaults_to_the_release_of_the_installed_torch(tmp_path):
         torch_version,
         wheel.name,
     )
+
+
+def test_windows_wheel_with_crlf_sources_is_patched_and_keeps_crlf(tmp_path):
+    """Windows wheels ship CRLF sources; the LF patches must apply and CRLF must stay."""
+    from conftest import platform_wheel
+
+    base = platform_wheel("torch_tensorrt-2.14.0-cp311-cp311-win_amd64.whl")
+    with zipfile.ZipFile(base) as zf:
+        assert b"\r\n" in zf.read(MTTM), "this wheel no longer ships CRLF: test moot"
+    wheel = bpw.build(tmp_path / "out", base_wheel=str(base))
+    assert wheel.name.endswith("-cp311-cp311-win_amd64.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        source = zf.read(MTTM)
+        _record_ok(
+            zf,
+            wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info/",
+        )
+    assert b"def _offload_original_model" in source
+    assert source.count(b"\n") == source.count(
+        b"\r\n"
+    ), "line endings were not restored"
