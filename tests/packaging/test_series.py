@@ -198,6 +198,39 @@ def test_every_patch_is_in_a_series():
     assert not unused, f"patches in no series: {unused}"
 
 
+def _windows(lines, size=6):
+    """Runs of ``size`` consecutive substantial lines (blank and one-token lines skipped)."""
+    kept = [l.strip() for l in lines if len(l.strip()) > 12]
+    return {"\n".join(kept[i : i + size]) for i in range(len(kept) - size + 1)}
+
+
+def test_no_run_of_upstream_source_is_copied_outside_patches():
+    """No six substantial lines of the release's Python sources appear in our own files."""
+    import zipfile
+
+    from conftest import base_wheel
+
+    upstream = set()
+    with zipfile.ZipFile(base_wheel("torch_tensorrt", "2.14.0")) as zf:
+        for name in zf.namelist():
+            if name.endswith(".py"):
+                upstream |= _windows(
+                    zf.read(name).decode("utf-8", "replace").splitlines()
+                )
+    ours = [
+        p
+        for p in ROOT.rglob("*")
+        if p.is_file()
+        and p.suffix in (".py", ".md", ".toml", ".rst")
+        and not {".git", "dist", "patches"} & set(p.relative_to(ROOT).parts)
+    ]
+    copied = {
+        str(p.relative_to(ROOT)): len(_windows(p.read_text().splitlines()) & upstream)
+        for p in ours
+    }
+    assert not {k: v for k, v in copied.items() if v}, copied
+
+
 def test_no_upstream_source_outside_patches():
     """The repository holds only our files: no copy of the torch_tensorrt package anywhere."""
     ours = [
