@@ -114,7 +114,12 @@ def test_every_offload_in_mutable_module_is_gated(
             for name, fn in functions.items()
             if call in set(ast.walk(fn)) and name != "_offload_original_model"
         )
-    assert {"compile", "update_refit_condition", "refit_gm", "load"} <= callers
+    assert {"compile", "refit_gm", "load"} <= callers
+    # The refit check either offloads again under the setting, or (staging 0004) moves nothing
+    check = ast.unparse(functions["update_refit_condition"])
+    assert "update_refit_condition" in callers or (
+        ".to(" not in check and "original_model(" not in check
+    )
     # Selective offload (staging) moves tensors itself; only the gated helper may call it
     selective = [
         n
