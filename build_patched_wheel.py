@@ -10,8 +10,9 @@ command line (``python build_patched_wheel.py --help``). It
    configuration applies, pip checks the index's digest) or from ``TORCHTRT_BASE_WHEEL``, and
    refuses it unless its sha256 is the one recorded in ``upstream.toml``;
 3. applies the quilt series in ``patches/`` (``patches/X.Y/series`` where a release line needs its
-   own hunks) with ``git apply`` in a scratch repository, never with fuzz, and checks that every
-   patch changed every file it names;
+   own hunks; ``--patches-dir patches/staging`` for the patches not yet validated on a GPU) with
+   ``git apply`` in a scratch repository, never with fuzz, and checks that every patch changed
+   every file it names (CRLF sources of Windows wheels are patched as LF and restored);
 4. writes ``<dist>-X.Y.Z+<label>-<tags>.whl``: the release's files with the patches, its METADATA
    with only the version changed, a new RECORD, and ``PATCHES.json`` (base wheel, its sha256,
    the series and each patch's sha256) in the dist-info.
