@@ -213,9 +213,16 @@ def check_base_wheel(
 
 
 def download_base_wheel(
-    variant: str, version: str, digests: Dict[str, str], dest: Path
+    variant: str,
+    version: str,
+    digests: Dict[str, str],
+    dest: Path,
+    pip_args: Sequence[str] = (),
 ) -> Path:
-    """Let pip fetch the official wheel for this interpreter, pinned to the recorded digests."""
+    """Let pip fetch the official wheel, pinned to the recorded digests.
+
+    For this interpreter and platform unless ``pip_args`` says otherwise (``--platform``, ...).
+    """
     requirement = variant.replace("_", "-") + "==" + version
     hashes = " ".join(f"--hash=sha256:{h}" for h in sorted(set(digests.values())))
     req_file = dest / "base-requirement.txt"
@@ -229,6 +236,7 @@ def download_base_wheel(
         "--only-binary=:all:",
         "--require-hashes",
         "--disable-pip-version-check",
+        *pip_args,
         "-r",
         str(req_file),
         "-d",
@@ -515,10 +523,6 @@ def build_from_environment(out_dir: Path) -> Path:
 # --------------------------------------------------------------------------------------------
 # PEP 517 backend. prepare_metadata_for_build_wheel is deliberately absent: pip then takes the
 # metadata from the wheel that build_wheel returns, which is the only metadata that is right.
-
-
-def get_requires_for_build_wheel(config_settings: Optional[dict] = None) -> List[str]:
-    return []
 
 
 def build_wheel(

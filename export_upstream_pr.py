@@ -15,6 +15,7 @@ directory and applies the patches with ``git am``; it prints the upstream commit
 from __future__ import annotations
 
 import argparse
+import datetime
 import re
 import shutil
 import subprocess
@@ -76,8 +77,6 @@ def split_dep3(patch: Path) -> Tuple[dict, str]:
 
 def mail_date(day: str) -> str:
     """``2026-11-23`` → ``Mon, 23 Nov 2026 00:00:00 +0000`` (computed, no locale)."""
-    import datetime
-
     d = datetime.date.fromisoformat(day)
     return f"{WEEKDAYS[d.weekday()]}, {d.day} {MONTHS[d.month - 1]} {d.year} 00:00:00 +0000"
 

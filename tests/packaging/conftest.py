@@ -1,7 +1,6 @@
 """Shared fixtures of the CPU tests: the supported base wheels, fetched once through pip."""
 
 import os
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -45,41 +44,14 @@ def platform_wheel(name: str) -> Path:
     dist, version, tags = bpw.parse_wheel_name(name)
     python_tag, abi, platform = tags.split("-")
     digest = RELEASES[version][dist][name]
-    target = CACHE / "by-name"
+    target = CACHE / "by-name" / name
     path = target / name
     if path.is_file() and bpw.sha256_of(path) == digest:
         return path
     target.mkdir(parents=True, exist_ok=True)
-    requirement = target / f"{name}.txt"
-    requirement.write_text(
-        f"{dist.replace('_', '-')}=={version} --hash=sha256:{digest}\n"
-    )
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "-q",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--require-hashes",
-            "--platform",
-            platform,
-            "--python-version",
-            python_tag[2:3] + "." + python_tag[3:],
-            "--implementation",
-            "cp",
-            "--abi",
-            abi,
-            "-r",
-            str(requirement),
-            "-d",
-            str(target),
-        ],
-        check=True,
-    )
-    return path
+    pip_args = ["--platform", platform, "--implementation", "cp", "--abi", abi]
+    pip_args += ["--python-version", python_tag[2:3] + "." + python_tag[3:]]
+    return bpw.download_base_wheel(dist, version, {name: digest}, target, pip_args)
 
 
 @pytest.fixture(scope="session", params=SUPPORTED, ids=lambda p: f"{p[0]}-{p[1]}")

@@ -2,113 +2,25 @@
 
 ``torch_tensorrt`` cannot be imported without CUDA, and TensorRT is not installable here. The
 patched ``_MutableTorchTensorRTModule.py`` of each release is therefore loaded on its own, with
-``torch_tensorrt``'s other modules replaced by small fakes: the "compiler" returns the exported
-program's module (so the "engine" is PyTorch on the CPU), the "refit" rebuilds it from the
-exported program, and ``deallocate_module`` records its calls. What this covers: which lifecycle
+``torch_tensorrt``'s other modules replaced by small fakes (``mttm_harness``): the "engine" is
+PyTorch on the CPU holding a copy of the weights, the "refit" rebuilds it from the exported
+program, and ``deallocate_module`` records its calls. What this covers: which lifecycle
 paths offload, what reaches the compiler, save/load of the setting, the refit decision's state
 flow. What it cannot: real devices (everything is on the CPU) and TensorRT; the GPU suite does.
 """
 
-import copy
 import logging
 import os
-import sys
-import types
 
 import pytest
 from conftest import RELEASES, ROOT, base_wheel, bpw
+from mttm_harness import MTTM, Calls, load_mttm
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-MTTM = "py/torch_tensorrt/dynamo/runtime/_MutableTorchTensorRTModule.py"
-MODULE_NAME = "torch_tensorrt.dynamo.runtime._MutableTorchTensorRTModule"
 VERSIONS = sorted(RELEASES, key=bpw.version_key)
 STAGING = ROOT / "patches" / "staging"
-
-
-class FakeEngine(nn.Module):
-    """Stands in for a TensorRT engine of ``Net``: its forward on weights copied when built."""
-
-    def __init__(self, state_dict):
-        super().__init__()
-        self.register_buffer("w", state_dict["fc.weight"].detach().clone())
-        self.register_buffer("b", state_dict["fc.bias"].detach().clone())
-
-    def forward(self, x):
-        return nn.functional.linear(x, self.w, self.b).relu()
-
-
-class Calls:
-    def __init__(self):
-        self.deallocate = 0
-        self.compile = []  # settings passed to the compiler, one dict per compilation
-        self.refit = 0
-
-
-def _install_fakes(monkeypatch, calls: Calls) -> None:
-    def package(name, **attrs):
-        module = types.ModuleType(name)
-        module.__path__ = []
-        module.__dict__.update(attrs)
-        monkeypatch.setitem(sys.modules, name, module)
-        return module
-
-    def engine(exported_program):
-        return FakeEngine(exported_program.state_dict)
-
-    def fake_compile(exported_program, arg_inputs=(), kwarg_inputs=None, **settings):
-        calls.compile.append(settings)
-        return engine(exported_program)
-
-    def fake_refit(gm, exported_program, arg_inputs=(), kwarg_inputs=None, **_):
-        calls.refit += 1
-        return engine(exported_program)
-
-    def fake_deallocate(module, *_, **__):
-        calls.deallocate += 1
-        module.to("cpu")
-
-    def check_output_equal(a, b):
-        return torch.allclose(a, b, rtol=5e-3, atol=5e-3)
-
-    # torch_tensorrt depends on psutil; the staged module asks it for free host memory
-    package(
-        "psutil",
-        virtual_memory=lambda: types.SimpleNamespace(available=1 << 34),
-    )
-    root = package("torch_tensorrt", runtime=types.SimpleNamespace())
-    package("torch_tensorrt._Device", Device=type("Device", (), {}))
-    package("torch_tensorrt._enums", dtype=type("dtype", (), {}))
-    defaults = package(
-        "torch_tensorrt.dynamo._defaults",
-        DEVICE=None,
-        OFFLOAD_MODULE_TO_CPU=False,
-        USE_PYTHON_RUNTIME=False,
-        ENABLED_PRECISIONS=set(),
-    )
-    dynamo = package("torch_tensorrt.dynamo", _defaults=defaults)
-    root.dynamo = dynamo
-    package("torch_tensorrt.dynamo._compiler", compile=fake_compile)
-    package("torch_tensorrt.dynamo._refit", refit_module_weights=fake_refit)
-    package(
-        "torch_tensorrt.dynamo.utils",
-        check_output_equal=check_output_equal,
-        deallocate_module=fake_deallocate,
-        to_torch_device=lambda device: torch.device("cpu"),
-        to_torch_tensorrt_device=lambda device: device,
-    )
-    package("torch_tensorrt.dynamo.runtime")
-
-
-def _load_mttm(monkeypatch, source: str, calls: Calls):
-    _install_fakes(monkeypatch, calls)
-    module = types.ModuleType(MODULE_NAME)
-    monkeypatch.setitem(
-        sys.modules, MODULE_NAME, module
-    )  # pickle looks classes up here
-    exec(compile(source, MODULE_NAME, "exec"), module.__dict__)
-    return module
 
 
 @pytest.fixture(params=VERSIONS)
@@ -124,7 +36,7 @@ def calls():
 @pytest.fixture
 def mttm_module(monkeypatch, patched_trees, version, calls):
     source = (patched_trees("torch_tensorrt", version) / MTTM).read_text()
-    return _load_mttm(monkeypatch, source, calls)
+    return load_mttm(monkeypatch, source, calls)
 
 
 @pytest.fixture
@@ -133,7 +45,7 @@ def unpatched_module(monkeypatch, version, calls):
 
     with zipfile.ZipFile(base_wheel("torch_tensorrt", version)) as zf:
         source = zf.read(MTTM[len("py/") :]).decode()
-    return _load_mttm(monkeypatch, source, calls)
+    return load_mttm(monkeypatch, source, calls)
 
 
 class Net(nn.Module):
@@ -246,7 +158,7 @@ def test_to_says_nothing_of_offloading_when_it_is_off(mttm_module, calls, caplog
 @pytest.fixture
 def staged_module(monkeypatch, patched_trees, version, calls):
     source = (patched_trees("torch_tensorrt", version, STAGING) / MTTM).read_text()
-    return _load_mttm(monkeypatch, source, calls)
+    return load_mttm(monkeypatch, source, calls)
 
 
 def test_staged_keep_on_device_is_checked_when_the_module_is_created(staged_module):
@@ -255,6 +167,24 @@ def test_staged_keep_on_device_is_checked_when_the_module_is_created(staged_modu
         cls(Net().eval(), offload_module_to_cpu=True, keep_on_device="embed_token")
     mttm = cls(Net().eval(), offload_module_to_cpu=True, keep_on_device="embed_*")
     assert mttm.keep_on_device == ("embed_*",)
+
+    check = cls._check_keep_on_device
+    model = nn.Module()
+    model.model = nn.Module()
+    model.model.embed_tokens = nn.Embedding(10, 4)
+    model.model.layers = nn.ModuleList([nn.Linear(4, 4)] * 2)
+    model.lm_head = nn.Linear(4, 10)
+    assert check(model, "lm_head") == ("lm_head",)
+    assert check(model, ["model.embed_tokens", "model.layers.*"]) == (
+        "model.embed_tokens",
+        "model.layers.*",
+    )
+    with pytest.raises(ValueError) as error:
+        check(model, ("model.embed_token",))
+    assert "'model.embed_token' matches no submodule" in str(error.value)
+    assert "closest names: model.embed_tokens" in str(error.value)
+    with pytest.raises(ValueError):
+        check(model, ("decoder.*",))
 
 
 def test_staged_lifecycle_still_holds(staged_module, calls, tmp_path):

@@ -3,10 +3,9 @@
 import ast
 import py_compile
 import re
-from pathlib import Path
 
 import pytest
-from conftest import ROOT, SUPPORTED, bpw
+from conftest import ROOT, SUPPORTED
 
 MTTM = "py/torch_tensorrt/dynamo/runtime/_MutableTorchTensorRTModule.py"
 UTILS = "py/torch_tensorrt/dynamo/utils.py"
@@ -74,6 +73,21 @@ def _mentions_offload(test: ast.AST) -> bool:
     )
 
 
+def _mttm_init(module: ast.Module):
+    """MutableTorchTensorRTModule.__init__ and its keyword-only defaults by name."""
+    mttm_class = next(
+        n
+        for n in module.body
+        if isinstance(n, ast.ClassDef) and n.name == "MutableTorchTensorRTModule"
+    )
+    init = next(
+        n
+        for n in mttm_class.body
+        if isinstance(n, ast.FunctionDef) and n.name == "__init__"
+    )
+    return init, dict(zip((a.arg for a in init.args.kwonlyargs), init.args.kw_defaults))
+
+
 @series_dirs
 @pytest.mark.parametrize("variant,version", SUPPORTED, ids=lambda v: str(v))
 def test_every_offload_in_mutable_module_is_gated(
@@ -128,17 +142,7 @@ def test_every_offload_in_mutable_module_is_gated(
     ]
     assert all(call in helper_nodes for call in selective)
 
-    mttm_class = next(
-        n
-        for n in module.body
-        if isinstance(n, ast.ClassDef) and n.name == "MutableTorchTensorRTModule"
-    )
-    init = next(
-        n
-        for n in mttm_class.body
-        if isinstance(n, ast.FunctionDef) and n.name == "__init__"
-    )
-    kwonly = {a.arg: d for a, d in zip(init.args.kwonlyargs, init.args.kw_defaults)}
+    init, kwonly = _mttm_init(module)
     assert OFFLOAD in kwonly, f"{OFFLOAD} is not a keyword of __init__"
     assert ast.unparse(kwonly[OFFLOAD]) == "_defaults.OFFLOAD_MODULE_TO_CPU"
     assert f"{OFFLOAD} (bool)" in ast.get_docstring(init)
@@ -255,17 +259,7 @@ def test_staged_keep_on_device_keyword_and_aligned_calls(
         patched_trees(variant, version, ROOT / "patches" / "staging") / MTTM
     ).read_text()
     module = ast.parse(source)
-    mttm_class = next(
-        n
-        for n in module.body
-        if isinstance(n, ast.ClassDef) and n.name == "MutableTorchTensorRTModule"
-    )
-    init = next(
-        n
-        for n in mttm_class.body
-        if isinstance(n, ast.FunctionDef) and n.name == "__init__"
-    )
-    kwonly = {a.arg: d for a, d in zip(init.args.kwonlyargs, init.args.kw_defaults)}
+    init, kwonly = _mttm_init(module)
     assert ast.unparse(kwonly["keep_on_device"]) == "()"
     assert "keep_on_device (Union[str, Iterable[str]])" in ast.get_docstring(init)
     wrapper_call = next(
@@ -276,46 +270,3 @@ def test_staged_keep_on_device_keyword_and_aligned_calls(
         and "_call_where_weights_live" in ast.unparse(n)
     )
     assert wrapper_call is not None
-
-
-def _staged_function(patched_trees, name: str):
-    """Compile one function of the staged MTTM source on its own (torch_tensorrt needs CUDA)."""
-    torch = pytest.importorskip("torch")
-    source = (
-        patched_trees("torch_tensorrt", "2.14.0", ROOT / "patches" / "staging") / MTTM
-    ).read_text()
-    fn = next(
-        n
-        for n in ast.walk(ast.parse(source))
-        if isinstance(n, ast.FunctionDef) and n.name == name
-    )
-    fn.decorator_list = []
-    namespace = {"torch": torch}
-    exec(
-        "import difflib, fnmatch, itertools\n"
-        "from typing import Iterable, Tuple, Union\n" + ast.unparse(fn),
-        namespace,
-    )
-    return namespace[name], torch
-
-
-def test_staged_keep_on_device_names_are_checked(patched_trees):
-    check, torch = _staged_function(patched_trees, "_check_keep_on_device")
-    model = torch.nn.Module()
-    model.model = torch.nn.Module()
-    model.model.embed_tokens = torch.nn.Embedding(10, 4)
-    model.model.layers = torch.nn.ModuleList([torch.nn.Linear(4, 4)] * 2)
-    model.lm_head = torch.nn.Linear(4, 10)
-
-    assert check(model, "lm_head") == ("lm_head",)
-    assert check(model, ["model.embed_tokens", "model.layers.*"]) == (
-        "model.embed_tokens",
-        "model.layers.*",
-    )
-    with pytest.raises(ValueError) as error:
-        check(model, ("model.embed_token",))
-    message = str(error.value)
-    assert "'model.embed_token' matches no submodule" in message
-    assert "closest names: model.embed_tokens" in message
-    with pytest.raises(ValueError):
-        check(model, ("decoder.*",))

@@ -1,60 +1,23 @@
 """The staged refit decision (patches/staging/0004) on real PyTorch modules, on the CPU.
 
-``torch_tensorrt`` cannot be imported without CUDA, so the decision's code is taken from the
-patched source (the module-level helpers and the two classes they use) and run on its own.
+The staged ``_MutableTorchTensorRTModule.py`` is loaded with ``torch_tensorrt`` faked
+(``mttm_harness``); its decision helpers are then called directly.
 """
-
-import ast
-import sys
-import types
 
 import pytest
 from conftest import ROOT
+from mttm_harness import MTTM, Calls, load_mttm
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-MTTM = "py/torch_tensorrt/dynamo/runtime/_MutableTorchTensorRTModule.py"
-NAMES = {
-    "RefitFlag",
-    "RefitState",
-    "_WeightState",
-    "_weight_states",
-    "_tensor_bytes_digest",
-    "_HANDOUT_COPY_SHARE",
-    "_record_handout",
-    "_weights_decision",
-}
 
-
-@pytest.fixture(scope="module")
-def decision(patched_trees):
+@pytest.fixture
+def decision(monkeypatch, patched_trees):
     source = (
         patched_trees("torch_tensorrt", "2.14.0", ROOT / "patches" / "staging") / MTTM
     ).read_text()
-    tree = ast.parse(source)
-    picked = []
-    for node in tree.body:
-        name = getattr(node, "name", None)
-        if isinstance(node, ast.Assign):
-            name = getattr(node.targets[0], "id", None)
-        if name in NAMES:
-            picked.append(node)
-    assert {getattr(n, "name", None) or n.targets[0].id for n in picked} == NAMES
-    module = types.ModuleType("staged_refit_decision")
-    module.psutil = types.SimpleNamespace(
-        virtual_memory=lambda: types.SimpleNamespace(available=1 << 34)
-    )
-    sys.modules[module.__name__] = module  # pickle finds RefitState there
-    exec(
-        "import hashlib, weakref\n"
-        "from enum import Enum, auto\n"
-        "from typing import Any, Dict, Iterable, NamedTuple, Tuple, Union\n"
-        "import torch\n" + ast.unparse(ast.Module(body=picked, type_ignores=[])),
-        module.__dict__,
-    )
-    yield module
-    del sys.modules[module.__name__]
+    return load_mttm(monkeypatch, source, Calls())
 
 
 class Net(nn.Module):

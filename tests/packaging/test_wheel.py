@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import RELEASES, ROOT, base_wheel, bpw
+from conftest import RELEASES, ROOT, bpw
 
 MTTM = "torch_tensorrt/dynamo/runtime/_MutableTorchTensorRTModule.py"
 
@@ -153,13 +153,18 @@ def test_pip_wheel_unsupported_version_fails_cleanly(tmp_path):
     assert not list(tmp_path.rglob("*.whl"))
 
 
-def _cli(tmp_path: Path, *args, **env) -> subprocess.CompletedProcess:
+def _environ_without_build_settings(**env) -> dict:
     environ = {
         k: v
         for k, v in os.environ.items()
         if k not in ("USE_TRT_RTX", "TORCHTRT_BASE_VERSION", "TORCHTRT_BASE_WHEEL")
     }
     environ.update(env)
+    return environ
+
+
+def _cli(tmp_path: Path, *args, **env) -> subprocess.CompletedProcess:
+    environ = _environ_without_build_settings(**env)
     return subprocess.run(
         [
             sys.executable,
@@ -306,11 +311,7 @@ def test_pip_wheel_defaults_to_the_release_of_the_installed_torch(tmp_path):
     except importlib.metadata.PackageNotFoundError:
         torch_version = None
     expected = bpw.choose_version(RELEASES, None, torch_version)
-    environ = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("USE_TRT_RTX", "TORCHTRT_BASE_VERSION", "TORCHTRT_BASE_WHEEL")
-    }
+    environ = _environ_without_build_settings()
     out = tmp_path / "wheelhouse"
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(ROOT)],

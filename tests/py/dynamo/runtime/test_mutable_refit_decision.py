@@ -28,25 +28,17 @@ if not hasattr(mttm_module, "_weights_decision"):
         allow_module_level=True,
     )
 
+# _reset_dynamo: the autouse fixture that runs torch._dynamo.reset() after each case
+from test_mutable_offload import _reset_dynamo  # noqa: E402, F401
 from test_mutable_offload import (  # noqa: E402
     _assert_close,
     _input_ids,
     _make_model,
+    requires_refit,
 )
 
-pytestmark = [
-    pytest.mark.unit,
-    pytest.mark.skipif(
-        not torch_trt.ENABLED_FEATURES.refit, reason="Refit is not supported here"
-    ),
-]
+pytestmark = [pytest.mark.unit, requires_refit]
 RefitFlag = mttm_module.RefitFlag
-
-
-@pytest.fixture(autouse=True)
-def _reset_dynamo():
-    yield
-    torch._dynamo.reset()
 
 
 @pytest.fixture

@@ -34,6 +34,8 @@ if (
         allow_module_level=True,
     )
 
+# _reset_dynamo: the autouse fixture that runs torch._dynamo.reset() after each case
+from test_mutable_offload import _reset_dynamo  # noqa: E402, F401
 from test_mutable_offload import (  # noqa: E402
     HIDDEN,
     MTTM_LOGGER,
@@ -43,21 +45,11 @@ from test_mutable_offload import (  # noqa: E402
     _assert_close,
     _input_ids,
     _make_model,
+    requires_refit,
 )
 
-pytestmark = [
-    pytest.mark.unit,
-    pytest.mark.skipif(
-        not torch_trt.ENABLED_FEATURES.refit, reason="Refit is not supported here"
-    ),
-]
+pytestmark = [pytest.mark.unit, requires_refit]
 KEPT = "embed_tokens.weight"
-
-
-@pytest.fixture(autouse=True)
-def _reset_dynamo():
-    yield
-    torch._dynamo.reset()
 
 
 def _check_kept_embedding(mttm, model, reference, step: str) -> None:
