@@ -15,9 +15,15 @@ mostly the embedding table, sized to ``--sizes`` MiB.
 
 Figures per case: compile time (first call); forward latency (median of ``--iters`` calls after
 warm-up); the call after an attribute assignment; the call after reading a weight without
-changing it; the call after a real weight change (refit); save and load time (C++ runtime);
-device memory in use after compile and after the refit (``torch.cuda.mem_get_info``, relative
-to before compilation, less the caching allocator's free bytes) and PyTorch's allocator peak.
+changing it, and how many refits those calls caused (none is right: no weight changed); the
+call after a real weight change (refit); save and load time (C++ runtime); device memory in use
+after compile and after the refit (``torch.cuda.mem_get_info`` less the caching allocator's
+free bytes, relative to before the model was created, so the user's weights count while they
+are on the device), the engines' serialized size and PyTorch's allocator peak.
+
+``--decision-seeds N`` instead compiles the model of the first ``--sizes`` entry with seeds
+0..N-1 and counts the refits that attribute assignments and weight reads cause (false refits:
+the released decision compares engine and PyTorch outputs with rtol/atol 5e-3).
 """
 
 from __future__ import annotations
@@ -30,11 +36,15 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:  # the orchestrator runs without torch; only workers import it
+    import torch
 
 MIB = 1 << 20
 FP16_BYTES = 2
 SEQ = 128
+WORKER_TIMEOUT_S = 420  # one case; a hung worker must not take the whole run with it
 # (hidden, blocks) per size class: blocks are ~12·hidden² parameters each
 SHAPES = ((4096, 2), (2048, 2), (1024, 2), (1024, 1))
 
@@ -89,6 +99,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed lifecycle calls")
     parser.add_argument("--json", help="write all results here")
     parser.add_argument(
+        "--decision-seeds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: count false refits over seeds 0..N-1 (model of the first size)",
+    )
+    parser.add_argument(
         "--aligned-lookup",
         action="store_true",
         help="instead: time an embedding lookup of an offloaded table with CUDA ids "
@@ -108,8 +125,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         if len(builds) < 1:
             parser.error("give at least one --build NAME=SITE_DIR")
         args.builds = builds
-    if args.iters < 1 or args.repeats < 1:
-        parser.error("--iters and --repeats must be positive")
+    if args.iters < 1 or args.repeats < 1 or args.decision_seeds < 0:
+        parser.error(
+            "--iters and --repeats must be positive, --decision-seeds not negative"
+        )
     return args
 
 
@@ -117,20 +136,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 # Worker: one build, one size, one offload setting, in its own process
 
 
-def run_case(
-    size_mib: float, offload: bool, iters: int, repeats: int
-) -> Dict[str, float]:
-    import dataclasses
-    import gc
-    import tempfile
-
+def _language_model(dims: ModelDims, seed: int) -> "torch.nn.Module":
+    """An fp16 decoder-style model on the GPU whose forward takes ``inputs_embeds``."""
     import torch
-    import torch_tensorrt
     from torch import nn
-    from torch_tensorrt.dynamo._settings import CompilationSettings
-
-    dims = model_dims(size_mib)
-    device = torch.device("cuda:0")
 
     class Block(nn.Module):
         def __init__(self, h: int) -> None:
@@ -161,6 +170,62 @@ def run_case(
                 x = layer(x)
             return self.norm(x)
 
+    torch.manual_seed(seed)
+    return LanguageModel().eval().half().to("cuda:0")
+
+
+def _mutable_module(model: "torch.nn.Module", offload: bool) -> object:
+    import dataclasses
+
+    import torch_tensorrt
+    from torch_tensorrt.dynamo._settings import CompilationSettings
+
+    settings = {f.name for f in dataclasses.fields(CompilationSettings)}
+    # fp16 weights, fp16 engine; newer releases are always strongly typed and lack the field
+    typing = {"use_explicit_typing": True} if "use_explicit_typing" in settings else {}
+    return torch_tensorrt.MutableTorchTensorRTModule(
+        model, min_block_size=1, offload_module_to_cpu=offload, **typing
+    )
+
+
+def _count_refits() -> Dict[str, int]:
+    """Counts MutableTorchTensorRTModule.refit_gm calls from now on, in this process."""
+    import torch_tensorrt
+
+    counts = {"refits": 0}
+    cls = torch_tensorrt.MutableTorchTensorRTModule
+    refit = cls.refit_gm
+
+    def counting_refit(self: object) -> None:
+        counts["refits"] += 1
+        refit(self)
+
+    cls.refit_gm = counting_refit
+    return counts
+
+
+def _timed_ms(fn: Callable[[], object]) -> float:
+    import torch
+
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1e3
+
+
+def run_case(
+    size_mib: float, offload: bool, iters: int, repeats: int
+) -> Dict[str, object]:
+    import gc
+    import tempfile
+
+    import torch
+    import torch_tensorrt
+
+    dims = model_dims(size_mib)
+    refits = _count_refits()
+
     def used() -> int:
         gc.collect()
         torch.cuda.synchronize()
@@ -172,47 +237,45 @@ def run_case(
             - (torch.cuda.memory_reserved() - torch.cuda.memory_allocated())
         )
 
-    def timed(fn) -> float:
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        return (time.perf_counter() - start) * 1e3
-
-    torch.manual_seed(0)
-    model = LanguageModel().eval().half().to(device)
-    ids = torch.randint(0, dims.vocab, (1, SEQ), device=device)
+    base = used()  # before the model exists: its weights count while on the device
+    model = _language_model(dims, seed=0)
+    ids = torch.randint(0, dims.vocab, (1, SEQ), device="cuda:0")
     with torch.no_grad():
         x = model.embed_tokens(ids)
-    base = used()
+    result: Dict[str, object] = {"model_mib": dims.bytes / MIB}
+    result["mem_before_compile_mib"] = (used() - base) / MIB
     torch.cuda.reset_peak_memory_stats()
-    result: Dict[str, float] = {"model_mib": dims.bytes / MIB}
-    settings = {f.name for f in dataclasses.fields(CompilationSettings)}
-    # fp16 weights, fp16 engine; newer releases are always strongly typed and lack the field
-    typing = {"use_explicit_typing": True} if "use_explicit_typing" in settings else {}
-    mttm = torch_tensorrt.MutableTorchTensorRTModule(
-        model, min_block_size=1, offload_module_to_cpu=offload, **typing
-    )
+    mttm = _mutable_module(model, offload)
     with torch.no_grad():
-        result["compile_s"] = timed(lambda: mttm(x)) / 1e3
+        result["compile_s"] = _timed_ms(lambda: mttm(x)) / 1e3
         result["mem_after_compile_mib"] = (used() - base) / MIB
+        result["engine_mib"] = (
+            sum(
+                len(m.serialized_engine)
+                for m in mttm.gm.modules()
+                if getattr(m, "serialized_engine", None)
+            )
+            / MIB
+        )
         for _ in range(10):
             mttm(x)
         result["forward_ms"] = statistics.median(
-            timed(lambda: mttm(x)) for _ in range(iters)
+            _timed_ms(lambda: mttm(x)) for _ in range(iters)
         )
 
         attribute, touch = [], []
+        refits_before = refits["refits"]
         for i in range(repeats):
             mttm.bench_step = i
-            attribute.append(timed(lambda: mttm(x)))
+            attribute.append(_timed_ms(lambda: mttm(x)))
             _ = mttm.layers[0].fc1.weight  # a read through the wrapper, no change
-            touch.append(timed(lambda: mttm(x)))
+            touch.append(_timed_ms(lambda: mttm(x)))
         result["after_attribute_ms"] = statistics.median(attribute)
         result["after_weight_read_ms"] = statistics.median(touch)
+        result["false_refits"] = refits["refits"] - refits_before
 
         mttm.layers[0].fc1.weight.mul_(1.01)  # a real change: refit
-        result["refit_ms"] = timed(lambda: mttm(x))
+        result["refit_ms"] = _timed_ms(lambda: mttm(x))
         result["mem_after_refit_mib"] = (used() - base) / MIB
         result["peak_allocated_mib"] = torch.cuda.max_memory_allocated() / MIB
         result["model_on"] = str(next(model.parameters()).device)
@@ -220,13 +283,51 @@ def run_case(
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "mutable.pkl")
         result["save_s"] = (
-            timed(lambda: torch_tensorrt.MutableTorchTensorRTModule.save(mttm, path))
+            _timed_ms(
+                lambda: torch_tensorrt.MutableTorchTensorRTModule.save(mttm, path)
+            )
             / 1e3
         )
         result["load_s"] = (
-            timed(lambda: torch_tensorrt.MutableTorchTensorRTModule.load(path)) / 1e3
+            _timed_ms(lambda: torch_tensorrt.MutableTorchTensorRTModule.load(path))
+            / 1e3
         )
     return result
+
+
+def run_decision_seeds(
+    size_mib: float, offload: bool, seeds: int, repeats: int
+) -> Dict[str, object]:
+    """Refits caused by attribute assignments and weight reads, for each seed."""
+    import torch
+
+    dims = model_dims(size_mib)
+    refits = _count_refits()
+    per_seed: List[int] = []
+    calls: List[float] = []
+    for seed in range(seeds):
+        model = _language_model(dims, seed)
+        with torch.no_grad():
+            x = model.embed_tokens(
+                torch.randint(0, dims.vocab, (1, SEQ), device="cuda")
+            )
+            mttm = _mutable_module(model, offload)
+            mttm(x)
+            before = refits["refits"]
+            for i in range(repeats):
+                mttm.bench_step = i
+                calls.append(_timed_ms(lambda: mttm(x)))
+                _ = mttm.layers[0].fc1.weight
+                calls.append(_timed_ms(lambda: mttm(x)))
+            per_seed.append(refits["refits"] - before)
+        mttm = model = x = None  # free this seed's model and engine before the next
+        torch.cuda.empty_cache()
+    return {
+        "model_mib": dims.bytes / MIB,
+        "false_refits_per_seed": per_seed,
+        "call_median_ms": statistics.median(calls),
+        "call_max_ms": max(calls),
+    }
 
 
 def run_aligned_lookup(iters: int) -> Dict[str, float]:
@@ -292,6 +393,7 @@ def run_worker(
     iters: int,
     repeats: int,
     aligned_lookup: bool = False,
+    decision_seeds: int = 0,
 ) -> Dict[str, object]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (site, extra_path) if p)
@@ -307,9 +409,16 @@ def run_worker(
         str(iters),
         "--repeats",
         str(repeats),
-    ] + (["--aligned-lookup"] if aligned_lookup else [])
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    ]
+    cmd += ["--aligned-lookup"] if aligned_lookup else []
+    cmd += ["--decision-seeds", str(decision_seeds)] if decision_seeds else []
+    try:
+        out = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"worker ran past {WORKER_TIMEOUT_S} s"}
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode != 0 or not lines:
         tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
         return {"error": " | ".join(tail)}
@@ -321,9 +430,12 @@ METRICS = (
     ("forward_ms", "forward (ms, median)"),
     ("after_attribute_ms", "call after attribute assignment (ms)"),
     ("after_weight_read_ms", "call after weight read (ms)"),
+    ("false_refits", "refits caused by those calls"),
     ("refit_ms", "call after weight change: refit (ms)"),
     ("save_s", "save (s)"),
     ("load_s", "load (s)"),
+    ("mem_before_compile_mib", "device memory before compile (MiB)"),
+    ("engine_mib", "engines, serialized (MiB)"),
     ("mem_after_compile_mib", "device memory after compile (MiB)"),
     ("mem_after_refit_mib", "device memory after refit (MiB)"),
     ("peak_allocated_mib", "allocator peak (MiB)"),
@@ -369,6 +481,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.worker:
         if args.aligned_lookup:
             result = run_aligned_lookup(args.iters)
+        elif args.decision_seeds:
+            result = run_decision_seeds(
+                args.size, args.offload == ["on"], args.decision_seeds, args.repeats
+            )
         else:
             result = run_case(
                 args.size, args.offload == ["on"], args.iters, args.repeats
@@ -381,6 +497,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 site, args.extra_path, 0, "on", args.iters, args.repeats, True
             )
             print(f"{name}: {json.dumps(r)}")
+        return 0
+    if args.decision_seeds:
+        for offload in args.offload:
+            for name, site in args.builds:
+                r = run_worker(
+                    site,
+                    args.extra_path,
+                    args.sizes[0],
+                    offload,
+                    args.iters,
+                    args.repeats,
+                    decision_seeds=args.decision_seeds,
+                )
+                print(f"{name} offload={offload}: {json.dumps(r)}", flush=True)
         return 0
     results = []
     round_no = 0

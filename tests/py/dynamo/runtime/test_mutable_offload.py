@@ -33,7 +33,7 @@ except Exception as e:  # CPU-only torch raises at import (is_thor() queries CUD
 from torch_tensorrt.dynamo.utils import COSINE_THRESHOLD, cosine_similarity
 
 DEVICE = torch.device("cuda:0")
-VOCAB, HIDDEN, HEADS, BLOCKS, SEQ, BATCH = 32000, 512, 8, 1, 16, 2
+VOCAB, HIDDEN, HEADS, BLOCKS, SEQ, BATCH = 32000, 512, 8, 2, 16, 2
 MTTM_LOGGER = "torch_tensorrt.dynamo.runtime._MutableTorchTensorRTModule"
 
 requires_refit = pytest.mark.skipif(
