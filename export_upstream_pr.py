@@ -3,7 +3,7 @@
     python export_upstream_pr.py [-o dist/upstream-pr] [--verify /path/to/TensorRT]
 
 The patches are, in order: ``patches/series`` (the code, as applied to upstream main), the GPU
-regression test file as a new file, and ``patches/upstream-only/series`` (upstream's docs). Each
+test files as new files, and ``patches/upstream-only/series`` (upstream's docs). Each
 becomes one ``[PATCH n/N]`` mail whose subject and body are the patch's DEP-3 Description and
 whose date is its Last-Update, so the output depends only on the repository's content.
 ``PR.md`` is ``docs/upstream-pr.md`` with the list of patches appended.
@@ -25,18 +25,37 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parent
-TEST_FILE = "tests/py/dynamo/runtime/test_mutable_offload.py"
 PR_TEMPLATE = ROOT / "docs" / "upstream-pr.md"
 TEST_AUTHOR = (
     "Seed e4d3161d maintainers <maintainers@users.noreply.h-seed-e4d3161d.example>"
 )
-TEST_SUBJECT = "test: GPU regression tests for MutableTorchTensorRTModule offloading"
-TEST_BODY = (
-    "An embedding-heavy decoder-style model run with CUDA inputs through every lifecycle path\n"
-    "of MutableTorchTensorRTModule (first compile, refit, attribute assignment,\n"
-    "load_state_dict, recompile, save/load) with offload_module_to_cpu unset, False and True,\n"
-    "on the C++ and the Python runtime (pytorch/TensorRT#3728)."
-)
+# (path, subject, body) of each GPU test file, sent as a new file after the code patches
+TEST_FILES = [
+    (
+        "tests/py/dynamo/runtime/test_mutable_offload.py",
+        "test: GPU regression tests for MutableTorchTensorRTModule offloading",
+        "An embedding-heavy decoder-style model run with CUDA inputs through every lifecycle path\n"
+        "of MutableTorchTensorRTModule (first compile, refit, attribute assignment,\n"
+        "load_state_dict, recompile, save/load) with offload_module_to_cpu unset, False and True,\n"
+        "on the C++ and the Python runtime (pytorch/TensorRT#3728).",
+    ),
+    (
+        "tests/py/dynamo/runtime/test_mutable_selective_offload.py",
+        "test: keep_on_device and offloaded sub-modules called with CUDA inputs",
+        "Kept sub-modules stay on the GPU through compile, refit, recompile and save/load; an\n"
+        "unknown name lists the closest ones; an offloaded embedding called with CUDA ids runs\n"
+        "where its weights are and returns on the ids' device with one warning; tied weights stay.",
+    ),
+    (
+        "tests/py/dynamo/runtime/test_mutable_refit_decision.py",
+        "test: refit decision from the weights, no false refits",
+        "No refit after attribute assignments and weight reads, with offloading off and on and on\n"
+        "a model whose engine output differs from PyTorch's beyond rtol/atol 5e-3 (5 seeds), and\n"
+        "the model is neither run nor moved; every mutation style (in-place, .data.copy_,\n"
+        "load_state_dict with and without assign, reassignment, added sub-module, zero adapter)\n"
+        "refits or recompiles (pytorch/TensorRT#4153).",
+    ),
+]
 WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
 
@@ -132,17 +151,11 @@ def export(out_dir: Path) -> List[Path]:
     code = read_series(ROOT / "patches" / "series")
     docs = read_series(ROOT / "patches" / "upstream-only" / "series")
     mails = [mail_from_patch(p) for p in code]
-    test_file = (ROOT / TEST_FILE).read_text(encoding="utf-8")
-    # The test mail carries the date of the last code patch, so the output stays reproducible
-    mails.append(
-        (
-            TEST_AUTHOR,
-            mails[-1][1],
-            TEST_SUBJECT,
-            TEST_BODY,
-            new_file_diff(TEST_FILE, test_file),
-        )
-    )
+    # Test mails carry the date of the last code patch, so the output stays reproducible
+    for path, subject, body in TEST_FILES:
+        source = (ROOT / path).read_text(encoding="utf-8")
+        diff = new_file_diff(path, source)
+        mails.append((TEST_AUTHOR, mails[-1][1], subject, body, diff))
     mails += [mail_from_patch(p) for p in docs]
     if out_dir.exists():
         shutil.rmtree(out_dir)

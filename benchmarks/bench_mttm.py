@@ -110,7 +110,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         action="store_true",
         help="instead: time an embedding lookup of an offloaded table with CUDA ids "
         "(batch 8 x 512 tokens, vocab 128k, hidden 2048, fp16) against the same lookup on "
-        "the GPU; needs keep_on_device support (patches/staging/0003)",
+        "the GPU; needs the aligned calls of patch 0003",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=float, help=argparse.SUPPRESS)

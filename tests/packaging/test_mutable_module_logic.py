@@ -13,14 +13,13 @@ import logging
 import os
 
 import pytest
-from conftest import RELEASES, ROOT, base_wheel, bpw
+from conftest import RELEASES, base_wheel, bpw
 from mttm_harness import MTTM, Calls, load_mttm
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
 VERSIONS = sorted(RELEASES, key=bpw.version_key)
-STAGING = ROOT / "patches" / "staging"
 
 
 @pytest.fixture(params=VERSIONS)
@@ -152,17 +151,11 @@ def test_to_says_nothing_of_offloading_when_it_is_off(mttm_module, calls, caplog
 
 
 # ------------------------------------------------------------------------------------------
-# Staging: keep_on_device (0003) and the refit decision from the weights (0004)
+# keep_on_device (0003) and the refit decision from the weights (0004)
 
 
-@pytest.fixture
-def staged_module(monkeypatch, patched_trees, version, calls):
-    source = (patched_trees("torch_tensorrt", version, STAGING) / MTTM).read_text()
-    return load_mttm(monkeypatch, source, calls)
-
-
-def test_staged_keep_on_device_is_checked_when_the_module_is_created(staged_module):
-    cls = staged_module.MutableTorchTensorRTModule
+def test_keep_on_device_is_checked_when_the_module_is_created(mttm_module):
+    cls = mttm_module.MutableTorchTensorRTModule
     with pytest.raises(ValueError, match="closest names: embed_tokens"):
         cls(Net().eval(), offload_module_to_cpu=True, keep_on_device="embed_token")
     mttm = cls(Net().eval(), offload_module_to_cpu=True, keep_on_device="embed_*")
@@ -187,18 +180,16 @@ def test_staged_keep_on_device_is_checked_when_the_module_is_created(staged_modu
         check(model, ("decoder.*",))
 
 
-def test_staged_lifecycle_still_holds(staged_module, calls, tmp_path):
-    mttm, loaded = _lifecycle(staged_module.MutableTorchTensorRTModule, Net(), tmp_path)
+def test_keep_on_device_defaults_to_nothing_and_is_saved(mttm_module, calls, tmp_path):
+    mttm, loaded = _lifecycle(mttm_module.MutableTorchTensorRTModule, Net(), tmp_path)
     assert calls.deallocate == 0
     assert loaded.keep_on_device == ()
 
 
-def test_staged_decision_neither_runs_the_model_nor_refits_for_attributes(
-    staged_module, calls
-):
+def test_decision_neither_runs_the_model_nor_refits_for_attributes(mttm_module, calls):
     model = Net().eval()
     runs = []
-    mttm = staged_module.MutableTorchTensorRTModule(model)
+    mttm = mttm_module.MutableTorchTensorRTModule(model)
     x = _x()
     with torch.no_grad():
         mttm(x)

@@ -34,16 +34,17 @@ def test_export_carries_every_patch_and_the_test_file(tmp_path):
     expected = pr.read_series(ROOT / "patches" / "series") + pr.read_series(
         ROOT / "patches" / "upstream-only" / "series"
     )
-    assert len(mails) == len(expected) + 1
+    assert len(mails) == len(expected) + len(pr.TEST_FILES)
     for n, mail in enumerate(mails, start=1):
         assert f"Subject: [PATCH {n}/{len(mails)}] " in mail
     everything = "".join(mails)
     for patch in expected:
         _, diff = pr.split_dep3(patch)
         assert diff in everything, f"{patch.name} is not in the export"
-    test_source = (ROOT / pr.TEST_FILE).read_text()
-    assert f"+++ b/{pr.TEST_FILE}" in everything
-    assert all(f"+{line}\n" in everything for line in test_source.splitlines()[:20])
+    for path, _, _ in pr.TEST_FILES:
+        test_source = (ROOT / path).read_text()
+        assert f"+++ b/{path}" in everything
+        assert all(f"+{line}\n" in everything for line in test_source.splitlines())
     pr_md = files["PR.md"].decode()
     for ref in ("#3728", "#4647", "#4664", "#4700", "# Checklist:"):
         assert ref in pr_md
@@ -58,7 +59,9 @@ def test_exported_code_applies_to_a_release_tree(tmp_path):
         members = [n for n in zf.namelist() if n.startswith("torch_tensorrt/")]
         zf.extractall(tree / "py", members=members)
     mails = [n for n in sorted(files) if n.endswith(".patch") and "docs" not in n]
-    assert len(mails) == 3
+    assert len(mails) == len(pr.read_series(ROOT / "patches" / "series")) + len(
+        pr.TEST_FILES
+    )
     for name in mails:
         result = subprocess.run(
             ["git", "apply", str(tmp_path / "out" / name)],
@@ -67,4 +70,5 @@ def test_exported_code_applies_to_a_release_tree(tmp_path):
             text=True,
         )
         assert result.returncode == 0, f"{name}: {result.stderr}"
-    assert (tree / pr.TEST_FILE).read_text() == (ROOT / pr.TEST_FILE).read_text()
+    for path, _, _ in pr.TEST_FILES:
+        assert (tree / path).read_text() == (ROOT / path).read_text()

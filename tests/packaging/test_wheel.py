@@ -63,6 +63,8 @@ def test_wheel_name_metadata_record_and_provenance(rtx_wheel, rtx_2_11_wheel):
         assert [p["name"] for p in provenance["patches"]] == [
             "0001-deallocate_module-noop-without-cuda-tensors.patch",
             "2.11/0002-mutable-module-offload-only-when-asked.patch",
+            "2.11/0003-mutable-module-keep-on-device-and-aligned-calls.patch",
+            "2.11/0004-mutable-module-refit-decision-from-weights.patch",
         ]
         changed = {
             n
@@ -181,7 +183,7 @@ def _cli(tmp_path: Path, *args, **env) -> subprocess.CompletedProcess:
 
 def _assert_failed(result, *fragments, out: Path) -> None:
     assert result.returncode != 0
-    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]

@@ -1,10 +1,10 @@
 # type: ignore
-"""The refit decision from the weights themselves (patches/staging/0004), on a GPU.
+"""The refit decision from the weights themselves, on a GPU.
 
 After attribute assignments and weight reads the module stays LIVE without moving or running the
 user's model, even where the engine's outputs differ from PyTorch's; every mutation style refits
-(or recompiles) and the outputs follow. The file also runs on builds without 0004: there the
-cases that guard the change fail (the released decision runs the model and compares outputs) and
+(or recompiles) and the outputs follow. The file also runs on builds that decide by running the
+model and comparing outputs (releases up to 2.14): there the cases that guard the change fail and
 the mutation cases show that both decisions follow every change.
 """
 

@@ -1,7 +1,7 @@
 # type: ignore
 """Selective offload (``keep_on_device``) and offloaded submodules called with CUDA inputs.
 
-Tests of ``patches/staging/0003``: with ``offload_module_to_cpu=True``, submodules named in
+With ``offload_module_to_cpu=True``, submodules named in
 ``keep_on_device`` stay on the GPU through compile, refit, recompile and load; an offloaded
 submodule called through the module with CUDA inputs runs where its weights are and hands its
 outputs back on the inputs' device, with a warning that names it. Skipped on builds without
@@ -30,7 +30,7 @@ if (
     not in inspect.signature(torch_trt.MutableTorchTensorRTModule.__init__).parameters
 ):
     pytest.skip(
-        "this Torch-TensorRT has no keep_on_device (patches/staging/0003)",
+        "this Torch-TensorRT has no keep_on_device",
         allow_module_level=True,
     )
 

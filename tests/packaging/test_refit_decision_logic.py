@@ -1,11 +1,10 @@
-"""The staged refit decision (patches/staging/0004) on real PyTorch modules, on the CPU.
+"""The refit decision from the weights (patch 0004) on real PyTorch modules, on the CPU.
 
-The staged ``_MutableTorchTensorRTModule.py`` is loaded with ``torch_tensorrt`` faked
+The patched ``_MutableTorchTensorRTModule.py`` is loaded with ``torch_tensorrt`` faked
 (``mttm_harness``); its decision helpers are then called directly.
 """
 
 import pytest
-from conftest import ROOT
 from mttm_harness import MTTM, Calls, load_mttm
 
 torch = pytest.importorskip("torch")
@@ -14,9 +13,7 @@ nn = torch.nn
 
 @pytest.fixture
 def decision(monkeypatch, patched_trees):
-    source = (
-        patched_trees("torch_tensorrt", "2.14.0", ROOT / "patches" / "staging") / MTTM
-    ).read_text()
+    source = (patched_trees("torch_tensorrt", "2.14.0") / MTTM).read_text()
     return load_mttm(monkeypatch, source, Calls())
 
 
