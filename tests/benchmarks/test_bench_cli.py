@@ -52,3 +52,21 @@ def test_table_has_ratio_column_and_reports_errors():
     text = bench.table(results, [("upstream", "/a"), ("patched", "/b")])
     assert "| 750 MiB | off | forward (ms, median) | 2 | 1 | 0.5 |" in text
     assert "patched failed | boom" in text
+
+
+def test_a_worker_out_of_time_keeps_the_figures_it_printed(monkeypatch):
+    printed = b'{"compile_s": 1.5}\nTensorRT log line\n{"compile_s": 1.5, "forward_ms": 0.4}\n'
+
+    def run_past_the_limit(cmd, **kwargs):
+        raise bench.subprocess.TimeoutExpired(cmd, kwargs["timeout"], output=printed)
+
+    monkeypatch.setattr(bench.subprocess, "run", run_past_the_limit)
+    result = bench.run_worker("/site", "", 3072.0, "off", 50, 2)
+    assert result["compile_s"] == 1.5 and result["forward_ms"] == 0.4
+    assert result["error"] == f"worker ran past {bench.WORKER_TIMEOUT_S} s"
+    text = bench.table(
+        [dict(result, build="upstream", size=3072.0, offload="off")],
+        [("upstream", "/site")],
+    )
+    assert "| 3072 MiB | off | forward (ms, median) | 0.4 |" in text
+    assert "upstream failed | worker ran past" in text
