@@ -175,9 +175,8 @@ def _language_model(dims: ModelDims, seed: int) -> "torch.nn.Module":
         cls.__qualname__ = cls.__name__
         globals()[cls.__name__] = cls
     torch.manual_seed(seed)
-    with torch.device(
-        "cuda:0"
-    ):  # initialising a 3 GiB model on the CPU takes longer than its case
+    # Random initialisation of GiBs of weights runs on the GPU, not the CPU
+    with torch.device("cuda:0"):
         return LanguageModel().eval().half()
 
 
