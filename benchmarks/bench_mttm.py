@@ -360,17 +360,10 @@ def run_aligned_lookup(iters: int) -> Dict[str, float]:
         def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
             return self.proj(inputs_embeds)
 
-    def median_ms(fn) -> float:
+    def median_ms(fn: Callable[[], object]) -> float:
         for _ in range(5):
             fn()
-        times = []
-        for _ in range(iters):
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            torch.cuda.synchronize()
-            times.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(times)
+        return statistics.median(_timed_ms(fn) for _ in range(iters))
 
     torch.manual_seed(0)
     model = Model().eval().half().cuda()

@@ -61,7 +61,7 @@ def install_fakes(monkeypatch, calls: Calls) -> None:
     def check_output_equal(a, b):
         return torch.allclose(a, b, rtol=5e-3, atol=5e-3)
 
-    # torch_tensorrt depends on psutil; the staged module asks it for free host memory
+    # torch_tensorrt depends on psutil; the patched refit decision asks it for free host memory
     package(
         "psutil",
         virtual_memory=lambda: types.SimpleNamespace(available=1 << 34),

@@ -119,7 +119,8 @@ def test_offload_on_offloads_on_every_path_and_survives_save_load(
         offload_module_to_cpu=True,
     )
     assert all(s["offload_module_to_cpu"] is True for s in calls.compile)
-    # compile, the refit check, the refit after load_state_dict, and load
+    # compile, the refit after the weight change, the refit after load_state_dict, and load
+    # (the refit check decides from the weights and moves nothing)
     assert calls.deallocate >= 4
     assert loaded.offload_module_to_cpu is True
 

@@ -11,6 +11,7 @@ PyTorch's. With ``offload_module_to_cpu=True`` the model must really leave the G
 must keep working.
 """
 
+import contextlib
 import copy
 import gc
 import itertools
@@ -128,6 +129,20 @@ def _assert_all_on_cpu(model: nn.Module, step: str, except_names=()) -> None:
     assert (
         not on
     ), f"after {step}, parameters still on the GPU: {sorted(on.items())[:5]}"
+
+
+@contextlib.contextmanager
+def _mttm_warnings():
+    """The records of warnings that MutableTorchTensorRTModule logs inside the block."""
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger(MTTM_LOGGER)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
 
 
 def _assert_close(reference: torch.Tensor, actual: torch.Tensor, step: str) -> None:
@@ -295,15 +310,8 @@ def test_module_saved_without_the_setting_loads_with_the_default():
 def test_to_does_not_warn_about_offloading_when_offloading_is_off():
     model = _make_model()
     mttm = _compile(model, False)
-    records = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append
-    logger = logging.getLogger(MTTM_LOGGER)
-    logger.addHandler(handler)
-    try:
+    with _mttm_warnings() as records:
         mttm.to("cpu")
-    finally:
-        logger.removeHandler(handler)
     assert records, "to() should still say that it does not move the module"
     assert not any("offloading" in r.getMessage().lower() for r in records)
     _assert_all_on_cuda(model, "MutableTorchTensorRTModule.to('cpu')")

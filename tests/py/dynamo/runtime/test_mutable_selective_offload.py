@@ -10,7 +10,6 @@ the keyword.
 
 import copy
 import inspect
-import logging
 import os
 import tempfile
 
@@ -38,13 +37,13 @@ if (
 from test_mutable_offload import _reset_dynamo  # noqa: E402, F401
 from test_mutable_offload import (  # noqa: E402
     HIDDEN,
-    MTTM_LOGGER,
     RUNTIMES,
     VOCAB,
     _assert_all_on_cpu,
     _assert_close,
     _input_ids,
     _make_model,
+    _mttm_warnings,
     requires_refit,
 )
 
@@ -125,23 +124,15 @@ def test_offloaded_submodule_called_with_cuda_inputs_runs_where_its_weights_are(
     from torch_tensorrt.dynamo.runtime import _MutableTorchTensorRTModule as mttm_module
 
     mttm_module._warned_offloaded_calls.clear()  # the warning is once per process
-    records = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append
-    logger = logging.getLogger(MTTM_LOGGER)
-    logger.addHandler(handler)
-    try:
-        with torch.no_grad():
-            for _ in range(2):
-                input_ids = _input_ids()
-                inputs_embeds = mttm.get_input_embeddings()(input_ids)
-                assert inputs_embeds.device == input_ids.device
-                assert torch.equal(inputs_embeds, reference.embed_tokens(input_ids))
-                _assert_close(
-                    reference(inputs_embeds), mttm(inputs_embeds), "an aligned lookup"
-                )
-    finally:
-        logger.removeHandler(handler)
+    with _mttm_warnings() as records, torch.no_grad():
+        for _ in range(2):
+            input_ids = _input_ids()
+            inputs_embeds = mttm.get_input_embeddings()(input_ids)
+            assert inputs_embeds.device == input_ids.device
+            assert torch.equal(inputs_embeds, reference.embed_tokens(input_ids))
+            _assert_close(
+                reference(inputs_embeds), mttm(inputs_embeds), "an aligned lookup"
+            )
     named = [r for r in records if "embed_tokens" in r.getMessage()]
     assert len(named) == 1, [r.getMessage() for r in records]
     assert "keep_on_device" in named[0].getMessage()
