@@ -19,11 +19,24 @@ changing it, and how many refits those calls caused (none is right: no weight ch
 call after a real weight change (refit); save and load time (C++ runtime); device memory in use
 after compile and after the refit (``torch.cuda.mem_get_info`` less the caching allocator's
 free bytes, relative to before the model was created, so the user's weights count while they
-are on the device), the engines' serialized size and PyTorch's allocator peak.
+are on the device), the engines' serialized size and PyTorch's allocator peak. Two figures
+separate the patch's own cost from the run-to-run noise of a whole compile or forward: the
+compiled graph module called without the wrapper, and the time ``_store_state_dict_metadata``
+takes (what compile() and every refit spend recording the weights).
+
+``--processes N`` runs every case N times per build, alternating the builds; ``--forward-only``
+stops each worker after compile and forward. ``--worker-timeout S`` bounds one worker; a
+stopped worker keeps the figures it printed. ``--json`` is rewritten after every worker.
 
 ``--decision-seeds N`` instead compiles the model of the first ``--sizes`` entry with seeds
 0..N-1 and counts the refits that attribute assignments and weight reads cause (false refits:
 the released decision compares engine and PyTorch outputs with rtol/atol 5e-3).
+
+``--memory-breakdown`` instead splits the device memory after compile and after a refit of the
+first ``--sizes`` model: the runtime's fixed cost (a one-layer model compiled first), PyTorch
+tensors by owner (user model, compiled graph module, exported program, hand-out copies,
+inputs; the largest unowned ones with what refers to them), the rest outside PyTorch, the
+engines' serialized size and their execution contexts' activation memory.
 """
 
 from __future__ import annotations
@@ -36,7 +49,17 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 if TYPE_CHECKING:  # the orchestrator runs without torch; only workers import it
     import torch
@@ -99,11 +122,38 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed lifecycle calls")
     parser.add_argument("--json", help="write all results here")
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes per build and case, alternating builds; the table shows "
+        "the median over them and their range",
+    )
+    parser.add_argument(
+        "--forward-only",
+        action="store_true",
+        help="measure compile and forward only (for --processes runs)",
+    )
+    parser.add_argument(
+        "--worker-timeout",
+        type=float,
+        default=WORKER_TIMEOUT_S,
+        metavar="S",
+        help="seconds one worker may run; a stopped worker keeps the figures it printed",
+    )
+    parser.add_argument(
         "--decision-seeds",
         type=int,
         default=0,
         metavar="N",
         help="instead: count false refits over seeds 0..N-1 (model of the first size)",
+    )
+    parser.add_argument(
+        "--memory-breakdown",
+        action="store_true",
+        help="instead: split device memory after compile and after refit into the runtime's "
+        "fixed cost, engine weights, engine activations, PyTorch tensors by owner and the rest "
+        "(model of the first size)",
     )
     parser.add_argument(
         "--aligned-lookup",
@@ -125,9 +175,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         if len(builds) < 1:
             parser.error("give at least one --build NAME=SITE_DIR")
         args.builds = builds
-    if args.iters < 1 or args.repeats < 1 or args.decision_seeds < 0:
+    if (
+        args.iters < 1
+        or args.repeats < 1
+        or args.processes < 1
+        or args.worker_timeout <= 0
+        or args.decision_seeds < 0
+    ):
         parser.error(
-            "--iters and --repeats must be positive, --decision-seeds not negative"
+            "--iters, --repeats, --processes and --worker-timeout must be positive, "
+            "--decision-seeds not negative"
         )
     return args
 
@@ -180,7 +237,7 @@ def _language_model(dims: ModelDims, seed: int) -> "torch.nn.Module":
         return LanguageModel().eval().half()
 
 
-def _mutable_module(model: "torch.nn.Module", offload: bool) -> object:
+def _mutable_module(model: "torch.nn.Module", offload: bool) -> Any:
     import dataclasses
 
     import torch_tensorrt
@@ -210,9 +267,26 @@ def _count_refits() -> Dict[str, int]:
     return counts
 
 
-def _progress(result: Dict[str, object]) -> None:
+_WORKER_START = time.perf_counter()
+
+
+def _progress(result: Dict[str, Any]) -> None:
     """Print the figures so far: the orchestrator keeps them if the worker runs out of time."""
+    result["worker_s"] = round(time.perf_counter() - _WORKER_START, 1)
     print(json.dumps(result), flush=True)
+
+
+def _device_memory_in_use() -> int:
+    """Bytes in use on the device: everything the driver counts less the allocator's free cache."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    free, total = torch.cuda.mem_get_info()
+    return total - free - (torch.cuda.memory_reserved() - torch.cuda.memory_allocated())
 
 
 def _timed_ms(fn: Callable[[], object]) -> float:
@@ -226,9 +300,8 @@ def _timed_ms(fn: Callable[[], object]) -> float:
 
 
 def run_case(
-    size_mib: float, offload: bool, iters: int, repeats: int
+    size_mib: float, offload: bool, iters: int, repeats: int, forward_only: bool
 ) -> Dict[str, object]:
-    import gc
     import tempfile
 
     import torch
@@ -237,17 +310,7 @@ def run_case(
     dims = model_dims(size_mib)
     refits = _count_refits()
 
-    def used() -> int:
-        gc.collect()
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        free, total = torch.cuda.mem_get_info()
-        return (
-            total
-            - free
-            - (torch.cuda.memory_reserved() - torch.cuda.memory_allocated())
-        )
-
+    used = _device_memory_in_use
     base = used()  # before the model exists: its weights count while on the device
     model = _language_model(dims, seed=0)
     ids = torch.randint(0, dims.vocab, (1, SEQ), device="cuda:0")
@@ -273,7 +336,17 @@ def run_case(
         result["forward_ms"] = statistics.median(
             _timed_ms(lambda: mttm(x)) for _ in range(iters)
         )
+        # The compiled graph module without the wrapper: the difference is the wrapper's cost
+        result["gm_forward_ms"] = statistics.median(
+            _timed_ms(lambda: mttm.gm(x)) for _ in range(iters)
+        )
+        # What compile() and every refit spend recording the weights (patch 0004 adds to it)
+        result["state_record_ms"] = statistics.median(
+            _timed_ms(mttm._store_state_dict_metadata) for _ in range(repeats)
+        )
         _progress(result)
+        if forward_only:
+            return result
 
         attribute, touch = [], []
         refits_before = refits["refits"]
@@ -340,7 +413,149 @@ def run_decision_seeds(
     }
 
 
-def run_aligned_lookup(iters: int) -> Dict[str, float]:
+def _cuda_tensors_by_owner(
+    owners: Dict[str, Iterable["torch.Tensor"]],
+) -> Dict[str, Any]:
+    """MiB of live CUDA tensor storages, by the first owner in ``owners`` that holds them.
+
+    Storages nobody in ``owners`` holds are listed (largest first) with what refers to them.
+    """
+    import gc
+
+    import torch
+
+    storages: Dict[int, Tuple[int, "torch.Tensor"]] = {}
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, torch.Tensor) and obj.is_cuda:
+                storage = obj.untyped_storage()
+                storages.setdefault(storage.data_ptr(), (storage.nbytes(), obj))
+        except Exception:  # objects that only look like tensors
+            continue
+    owner_of: Dict[int, str] = {}
+    for owner, tensors in owners.items():
+        for t in tensors:
+            if isinstance(t, torch.Tensor) and t.is_cuda:
+                owner_of.setdefault(t.untyped_storage().data_ptr(), owner)
+    by_owner: Dict[str, float] = {}
+    unowned = []
+    for ptr, (nbytes, t) in storages.items():
+        owner = owner_of.get(ptr, "nobody listed")
+        by_owner[owner] = by_owner.get(owner, 0.0) + nbytes / MIB
+        if owner == "nobody listed":
+            unowned.append((nbytes, t))
+    unowned.sort(key=lambda item: -item[0])
+    largest = []
+    for nbytes, t in unowned[:5]:
+        referrers = []
+        for r in gc.get_referrers(t):
+            if isinstance(r, dict):
+                keys = [k for k, v in r.items() if v is t][:2]
+                referrers.append(f"dict[{', '.join(map(str, keys))}]")
+            elif r is not unowned and not isinstance(r, tuple):
+                referrers.append(type(r).__qualname__)
+        largest.append(
+            {
+                "mib": round(nbytes / MIB, 2),
+                "shape": list(t.shape),
+                "dtype": str(t.dtype),
+                "referred_by": referrers[:4],
+            }
+        )
+    return {
+        "by_owner_mib": {k: round(v, 2) for k, v in by_owner.items()},
+        "largest_unlisted": largest,
+    }
+
+
+def run_memory_breakdown(size_mib: float, offload: bool) -> Dict[str, object]:
+    """Where the device memory of a compiled (and refitted) model goes, in MiB."""
+    import itertools
+
+    import tensorrt
+    import torch
+    from torch import nn
+
+    used = _device_memory_in_use
+    result: Dict[str, object] = {}
+    base = used()
+    # The runtime's fixed cost: a one-layer model compiled and freed again
+    tiny = nn.Linear(8, 8).cuda().eval().half()
+    with torch.no_grad():
+        tiny_x = torch.randn(2, 8, device="cuda:0", dtype=torch.half)
+        tiny_mttm = _mutable_module(tiny, offload)
+        tiny_mttm(tiny_x)
+        result["runtime_with_tiny_engine_mib"] = (used() - base) / MIB
+    tiny = tiny_x = tiny_mttm = None
+    base_runtime = used()
+    allocated_at_base = torch.cuda.memory_allocated() / MIB
+    result["runtime_after_tiny_freed_mib"] = (base_runtime - base) / MIB
+
+    dims = model_dims(size_mib)
+    model = _language_model(dims, seed=0)
+    ids = torch.randint(0, dims.vocab, (1, SEQ), device="cuda:0")
+    with torch.no_grad():
+        x = model.embed_tokens(ids)
+    result["model_mib"] = dims.bytes / MIB
+    mttm = _mutable_module(model, offload)
+
+    def snapshot(stage: str) -> None:
+        engines = [
+            m for m in mttm.gm.modules() if getattr(m, "serialized_engine", None)
+        ]
+        exported = mttm.exp_program
+        handed_out = getattr(mttm.refit_state, "handed_out", {})
+        in_use = (used() - base_runtime) / MIB  # collects garbage before the scan
+        owned = _cuda_tensors_by_owner(
+            {
+                "user model": model.state_dict(keep_vars=True).values(),
+                "compiled graph module": itertools.chain(
+                    mttm.gm.parameters(), mttm.gm.buffers()
+                ),
+                "exported program": (
+                    itertools.chain(
+                        exported.state_dict.values(), exported.constants.values()
+                    )
+                    if exported is not None
+                    else ()
+                ),
+                "hand-out copies": (f for _, f in handed_out.values()),
+                "inputs": (ids, x),
+            }
+        )
+        pytorch = sum(owned["by_owner_mib"].values())
+        allocated = torch.cuda.memory_allocated() / MIB
+        result[stage] = {
+            "in_use_mib": round(in_use, 2),
+            "pytorch_tensors": owned,
+            # Allocator blocks no Python tensor holds (workspaces, tensors held in C++)
+            "allocator_not_tensors_mib": round(allocated - pytorch, 2),
+            "outside_allocator_mib": round(in_use - (allocated - allocated_at_base), 2),
+            "engines_serialized_mib": round(
+                sum(len(m.serialized_engine) for m in engines) / MIB, 2
+            ),
+        }
+        _progress(result)
+
+    with torch.no_grad():
+        mttm(x)
+        snapshot("after_compile")
+        mttm.layers[0].fc1.weight.mul_(1.01)  # a real change: refit
+        mttm(x)
+        snapshot("after_refit")
+        # Activation memory the engines' execution contexts reserve (not part of the engine file)
+        runtime = tensorrt.Runtime(tensorrt.Logger(tensorrt.Logger.ERROR))
+        activations = 0
+        for m in mttm.gm.modules():
+            if getattr(m, "serialized_engine", None):
+                engine = runtime.deserialize_cuda_engine(bytes(m.serialized_engine))
+                activations += engine.device_memory_size_v2
+                del engine
+        result["engine_activations_mib"] = activations / MIB
+    return result
+
+
+def run_aligned_lookup(iters: int) -> Dict[str, Any]:
     """Median latency of the offloaded (CPU-resident) lookup with CUDA ids vs the GPU lookup."""
     import torch
     import torch_tensorrt
@@ -393,49 +608,39 @@ def run_worker(
     extra_path: str,
     size: float,
     offload: str,
-    iters: int,
-    repeats: int,
-    aligned_lookup: bool = False,
-    decision_seeds: int = 0,
+    flags: Sequence[str] = (),
+    timeout: float = WORKER_TIMEOUT_S,
 ) -> Dict[str, object]:
+    """Run one case in a fresh process with ``site`` first on its path; its last JSON line."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (site, extra_path) if p)
-    cmd = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--worker",
-        "--size",
-        str(size),
-        "--offload",
-        offload,
-        "--iters",
-        str(iters),
-        "--repeats",
-        str(repeats),
-    ]
-    cmd += ["--aligned-lookup"] if aligned_lookup else []
-    cmd += ["--decision-seeds", str(decision_seeds)] if decision_seeds else []
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker"]
+    cmd += ["--size", str(size), "--offload", offload, *flags]
     try:
         out = subprocess.run(
-            cmd, env=env, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S
+            cmd, env=env, capture_output=True, text=True, timeout=timeout
         )
     except subprocess.TimeoutExpired as e:
         # Workers print their figures after each phase: keep what was measured
         partial = e.stdout.decode() if isinstance(e.stdout, bytes) else e.stdout or ""
         lines = [line for line in partial.splitlines() if line.startswith("{")]
         result = json.loads(lines[-1]) if lines else {}
-        result["error"] = f"worker ran past {WORKER_TIMEOUT_S} s"
+        result["error"] = f"worker ran past {timeout:g} s"
         return result
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    result = json.loads(lines[-1]) if lines else {}
     if out.returncode != 0 or not lines:
+        # Keep what the worker measured before it failed, and say how it failed
         tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
-        return {"error": " | ".join(tail)}
-    return json.loads(lines[-1])
+        result["error"] = " | ".join(tail)
+    return result
 
 
 METRICS = (
     ("compile_s", "compile (s)"),
     ("forward_ms", "forward (ms, median)"),
+    ("gm_forward_ms", "compiled graph module alone (ms, median)"),
+    ("state_record_ms", "recording the weights' state (ms)"),
     ("after_attribute_ms", "call after attribute assignment (ms)"),
     ("after_weight_read_ms", "call after weight read (ms)"),
     ("false_refits", "refits caused by those calls"),
@@ -451,6 +656,10 @@ METRICS = (
 
 
 def table(results: List[dict], builds: List[Tuple[str, str]]) -> str:
+    """Markdown table: one row per figure, one column per build, ratios to the first build.
+
+    With several processes per case a cell holds their median and, in brackets, their range.
+    """
     names = [n for n, _ in builds]
     head = ["model", "offload", "figure", *names]
     if len(names) > 1:
@@ -458,33 +667,38 @@ def table(results: List[dict], builds: List[Tuple[str, str]]) -> str:
     rows = [head, ["---"] * len(head)]
     cases = sorted({(r["size"], r["offload"]) for r in results})
     for size, offload in cases:
-        by_build = {
-            r["build"]: r
-            for r in results
-            if (r["size"], r["offload"]) == (size, offload)
-        }
+        case = [r for r in results if (r["size"], r["offload"]) == (size, offload)]
         for key, label in METRICS:
-            values = [by_build.get(n, {}).get(key) for n in names]
+            medians: List[Optional[float]] = []
             row = [f"{size:g} MiB", offload, label]
-            row += ["error" if v is None else f"{v:.3g}" for v in values]
-            base = values[0]
-            for v in values[1:]:
-                ok = (
-                    isinstance(base, (int, float))
-                    and isinstance(v, (int, float))
-                    and base
-                )
-                row.append(f"{v / base:.3g}" if ok else "")
+            for n in names:
+                values = [
+                    r[key]
+                    for r in case
+                    if r["build"] == n and isinstance(r.get(key), (int, float))
+                ]
+                if not values:
+                    medians.append(None)
+                    row.append("error")
+                    continue
+                medians.append(statistics.median(values))
+                cell = f"{medians[-1]:.3g}"
+                if len(values) > 1:
+                    cell += f" ({min(values):.3g}–{max(values):.3g})"
+                row.append(cell)
+            base = medians[0]
+            for v in medians[1:]:
+                row.append(f"{v / base:.3g}" if base and v is not None else "")
             rows.append(row)
-        for n in names:
-            if "save_load_error" in by_build.get(n, {}):
+        for r in case:
+            if "save_load_error" in r:
                 rows.append(
-                    [f"{size:g} MiB", offload, f"{n} save/load failed"]
-                    + [by_build[n]["save_load_error"]]
+                    [f"{size:g} MiB", offload, f"{r['build']} save/load failed"]
+                    + [r["save_load_error"]]
                 )
-            if "error" in by_build.get(n, {}):
+            if "error" in r:
                 rows.append(
-                    [f"{size:g} MiB", offload, f"{n} failed", by_build[n]["error"]]
+                    [f"{size:g} MiB", offload, f"{r['build']} failed", r["error"]]
                 )
     return "\n".join("| " + " | ".join(r) + " |" for r in rows)
 
@@ -492,57 +706,65 @@ def table(results: List[dict], builds: List[Tuple[str, str]]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if args.worker:
+        offload = args.offload == ["on"]
+        result: Dict[str, Any]
         if args.aligned_lookup:
             result = run_aligned_lookup(args.iters)
+        elif args.memory_breakdown:
+            result = run_memory_breakdown(args.size, offload)
         elif args.decision_seeds:
             result = run_decision_seeds(
-                args.size, args.offload == ["on"], args.decision_seeds, args.repeats
+                args.size, offload, args.decision_seeds, args.repeats
             )
         else:
             result = run_case(
-                args.size, args.offload == ["on"], args.iters, args.repeats
+                args.size, offload, args.iters, args.repeats, args.forward_only
             )
-        print(json.dumps(result))
+        _progress(result)
         return 0
-    if args.aligned_lookup:
-        for name, site in args.builds:
-            r = run_worker(
-                site, args.extra_path, 0, "on", args.iters, args.repeats, True
-            )
-            print(f"{name}: {json.dumps(r)}")
-        return 0
-    if args.decision_seeds:
-        for offload in args.offload:
+    flags = ["--iters", str(args.iters), "--repeats", str(args.repeats)]
+    if args.aligned_lookup or args.memory_breakdown or args.decision_seeds:
+        if args.aligned_lookup:
+            flags.append("--aligned-lookup")
+            cases = [(0.0, "on")]
+        else:
+            cases = [(args.sizes[0], offload) for offload in args.offload]
+        if args.memory_breakdown:
+            flags.append("--memory-breakdown")
+        if args.decision_seeds:
+            flags += ["--decision-seeds", str(args.decision_seeds)]
+        for size, offload in cases:
             for name, site in args.builds:
                 r = run_worker(
-                    site,
-                    args.extra_path,
-                    args.sizes[0],
-                    offload,
-                    args.iters,
-                    args.repeats,
-                    decision_seeds=args.decision_seeds,
+                    site, args.extra_path, size, offload, flags, args.worker_timeout
                 )
                 print(f"{name} offload={offload}: {json.dumps(r)}", flush=True)
         return 0
+    if args.forward_only:
+        flags.append("--forward-only")
     results = []
     round_no = 0
     for size in args.sizes:
         for offload in args.offload:
-            # Alternate which build goes first from one case to the next
-            order = args.builds if round_no % 2 == 0 else list(reversed(args.builds))
-            round_no += 1
-            for name, site in order:
-                r = run_worker(
-                    site, args.extra_path, size, offload, args.iters, args.repeats
-                )
-                r.update(build=name, size=size, offload=offload)
-                print(json.dumps(r), file=sys.stderr, flush=True)
-                results.append(r)
+            for _ in range(args.processes):
+                # Alternate which build goes first from one round to the next
+                order = args.builds[:: 1 if round_no % 2 == 0 else -1]
+                round_no += 1
+                for name, site in order:
+                    r = run_worker(
+                        site, args.extra_path, size, offload, flags, args.worker_timeout
+                    )
+                    r.update(build=name, size=size, offload=offload)
+                    print(json.dumps(r), file=sys.stderr, flush=True)
+                    results.append(r)
+                    if (
+                        args.json
+                    ):  # after every worker: a run cut short keeps its figures
+                        with open(args.json, "w") as f:
+                            json.dump(
+                                {"builds": args.builds, "results": results}, f, indent=2
+                            )
     print(table(results, args.builds))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"builds": args.builds, "results": results}, f, indent=2)
     return 0
 
 

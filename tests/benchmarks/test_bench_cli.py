@@ -28,6 +28,8 @@ def test_parse_builds_and_defaults():
         ["--build", "nameonly"],
         ["--build", "=/site"],
         ["--build", "a=/x", "--iters", "0"],
+        ["--build", "a=/x", "--processes", "0"],
+        ["--build", "a=/x", "--worker-timeout", "0"],
     ],
 )
 def test_bad_arguments_exit_with_usage_error(argv, capsys):
@@ -61,12 +63,62 @@ def test_a_worker_out_of_time_keeps_the_figures_it_printed(monkeypatch):
         raise bench.subprocess.TimeoutExpired(cmd, kwargs["timeout"], output=printed)
 
     monkeypatch.setattr(bench.subprocess, "run", run_past_the_limit)
-    result = bench.run_worker("/site", "", 3072.0, "off", 50, 2)
+    result = bench.run_worker("/site", "", 3072.0, "off", timeout=180)
     assert result["compile_s"] == 1.5 and result["forward_ms"] == 0.4
-    assert result["error"] == f"worker ran past {bench.WORKER_TIMEOUT_S} s"
+    assert result["error"] == "worker ran past 180 s"
     text = bench.table(
         [dict(result, build="upstream", size=3072.0, offload="off")],
         [("upstream", "/site")],
     )
     assert "| 3072 MiB | off | forward (ms, median) | 0.4 |" in text
     assert "upstream failed | worker ran past" in text
+
+
+def test_several_processes_give_median_and_range_per_build():
+    results = [
+        {"build": b, "size": 750.0, "offload": "off", "forward_ms": v}
+        for b, v in [
+            ("upstream", 0.5),
+            ("patched", 0.4),
+            ("patched", 0.6),
+            ("upstream", 0.3),
+            ("upstream", 0.4),
+            ("patched", 0.8),
+        ]
+    ]
+    text = bench.table(results, [("upstream", "/a"), ("patched", "/b")])
+    assert "| forward (ms, median) | 0.4 (0.3–0.5) | 0.6 (0.4–0.8) | 1.5 |" in text
+
+
+def test_orchestrator_alternates_builds_and_passes_worker_flags(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_worker(site, extra_path, size, offload, flags=(), timeout=0):
+        calls.append((site, size, offload, list(flags), timeout))
+        return {"forward_ms": 1.0 if site == "/a" else 0.5}
+
+    monkeypatch.setattr(bench, "run_worker", fake_worker)
+    out = tmp_path / "bench.json"
+    argv = ["--build", "upstream=/a", "--build", "patched=/b", "--sizes", "750"]
+    argv += ["--offload", "off", "--processes", "3", "--forward-only"]
+    argv += ["--worker-timeout", "90", "--json", str(out)]
+    assert bench.main(argv) == 0
+    assert [c[0] for c in calls] == ["/a", "/b", "/b", "/a", "/a", "/b"]
+    assert all("--forward-only" in c[3] and c[4] == 90 for c in calls)
+    saved = bench.json.loads(out.read_text())
+    assert len(saved["results"]) == 6
+
+
+def test_memory_breakdown_runs_one_worker_per_build_and_setting(monkeypatch, capsys):
+    calls = []
+
+    def fake_worker(site, extra_path, size, offload, flags=(), timeout=0):
+        calls.append((site, size, offload, list(flags)))
+        return {"after_compile": {"in_use_mib": 1.0}}
+
+    monkeypatch.setattr(bench, "run_worker", fake_worker)
+    argv = ["--build", "patched=/b", "--sizes", "750", "100", "--memory-breakdown"]
+    assert bench.main(argv) == 0
+    assert [(c[1], c[2]) for c in calls] == [(750.0, "off"), (750.0, "on")]
+    assert all("--memory-breakdown" in c[3] for c in calls)
+    assert "patched offload=on:" in capsys.readouterr().out
