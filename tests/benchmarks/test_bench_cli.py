@@ -88,6 +88,7 @@ def test_several_processes_give_median_and_range_per_build():
     ]
     text = bench.table(results, [("upstream", "/a"), ("patched", "/b")])
     assert "| forward (ms, median) | 0.4 (0.3–0.5) | 0.6 (0.4–0.8) | 1.5 |" in text
+    assert "compile (s)" not in text  # measured by neither build: no row
 
 
 def test_orchestrator_alternates_builds_and_passes_worker_flags(monkeypatch, tmp_path):
