@@ -123,3 +123,17 @@ def test_memory_breakdown_runs_one_worker_per_build_and_setting(monkeypatch, cap
     assert [(c[1], c[2]) for c in calls] == [(750.0, "off"), (750.0, "on")]
     assert all("--memory-breakdown" in c[3] for c in calls)
     assert "patched offload=on:" in capsys.readouterr().out
+
+
+def test_a_failed_worker_keeps_its_figures_and_says_how_it_failed(monkeypatch):
+    def fail_after_a_phase(cmd, **kwargs):
+        return bench.subprocess.CompletedProcess(
+            cmd,
+            1,
+            stdout='{"compile_s": 2.0}\n',
+            stderr="Traceback\nRuntimeError: boom\n",
+        )
+
+    monkeypatch.setattr(bench.subprocess, "run", fail_after_a_phase)
+    result = bench.run_worker("/site", "", 750.0, "on")
+    assert result == {"compile_s": 2.0, "error": "Traceback | RuntimeError: boom"}
