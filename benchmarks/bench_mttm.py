@@ -251,6 +251,15 @@ def _mutable_module(model: "torch.nn.Module", offload: bool) -> Any:
     )
 
 
+def _serialized_engines(mttm: Any) -> List[bytes]:
+    """The serialized TensorRT engines of the compiled graph module."""
+    return [
+        m.serialized_engine
+        for m in mttm.gm.modules()
+        if getattr(m, "serialized_engine", None)
+    ]
+
+
 def _count_refits() -> Dict[str, int]:
     """Counts MutableTorchTensorRTModule.refit_gm calls from now on, in this process."""
     import torch_tensorrt
@@ -299,6 +308,10 @@ def _timed_ms(fn: Callable[[], object]) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
+def _median_ms(fn: Callable[[], object], calls: int) -> float:
+    return statistics.median(_timed_ms(fn) for _ in range(calls))
+
+
 def run_case(
     size_mib: float, offload: bool, iters: int, repeats: int, forward_only: bool
 ) -> Dict[str, object]:
@@ -323,27 +336,14 @@ def run_case(
     with torch.no_grad():
         result["compile_s"] = _timed_ms(lambda: mttm(x)) / 1e3
         result["mem_after_compile_mib"] = (used() - base) / MIB
-        result["engine_mib"] = (
-            sum(
-                len(m.serialized_engine)
-                for m in mttm.gm.modules()
-                if getattr(m, "serialized_engine", None)
-            )
-            / MIB
-        )
+        result["engine_mib"] = sum(map(len, _serialized_engines(mttm))) / MIB
         for _ in range(10):
             mttm(x)
-        result["forward_ms"] = statistics.median(
-            _timed_ms(lambda: mttm(x)) for _ in range(iters)
-        )
+        result["forward_ms"] = _median_ms(lambda: mttm(x), iters)
         # The compiled graph module without the wrapper: the difference is the wrapper's cost
-        result["gm_forward_ms"] = statistics.median(
-            _timed_ms(lambda: mttm.gm(x)) for _ in range(iters)
-        )
+        result["gm_forward_ms"] = _median_ms(lambda: mttm.gm(x), iters)
         # What compile() and every refit spend recording the weights (patch 0004 adds to it)
-        result["state_record_ms"] = statistics.median(
-            _timed_ms(mttm._store_state_dict_metadata) for _ in range(repeats)
-        )
+        result["state_record_ms"] = _median_ms(mttm._store_state_dict_metadata, repeats)
         _progress(result)
         if forward_only:
             return result
@@ -502,9 +502,7 @@ def run_memory_breakdown(size_mib: float, offload: bool) -> Dict[str, object]:
     mttm = _mutable_module(model, offload)
 
     def snapshot(stage: str) -> None:
-        engines = [
-            m for m in mttm.gm.modules() if getattr(m, "serialized_engine", None)
-        ]
+        engines = _serialized_engines(mttm)
         exported = mttm.exp_program
         handed_out = getattr(mttm.refit_state, "handed_out", {})
         in_use = (used() - base_runtime) / MIB  # collects garbage before the scan
@@ -533,9 +531,7 @@ def run_memory_breakdown(size_mib: float, offload: bool) -> Dict[str, object]:
             # Allocator blocks no Python tensor holds (workspaces, tensors held in C++)
             "allocator_not_tensors_mib": round(allocated - pytorch, 2),
             "outside_allocator_mib": round(in_use - (allocated - allocated_at_base), 2),
-            "engines_serialized_mib": round(
-                sum(len(m.serialized_engine) for m in engines) / MIB, 2
-            ),
+            "engines_serialized_mib": round(sum(map(len, engines)) / MIB, 2),
         }
         _progress(result)
 
@@ -555,11 +551,10 @@ def run_memory_breakdown(size_mib: float, offload: bool) -> Dict[str, object]:
         # Activation memory the engines' execution contexts reserve (not part of the engine file)
         runtime = tensorrt.Runtime(tensorrt.Logger(tensorrt.Logger.ERROR))
         activations = 0
-        for m in mttm.gm.modules():
-            if getattr(m, "serialized_engine", None):
-                engine = runtime.deserialize_cuda_engine(bytes(m.serialized_engine))
-                activations += engine.device_memory_size_v2
-                del engine
+        for serialized in _serialized_engines(mttm):
+            engine = runtime.deserialize_cuda_engine(bytes(serialized))
+            activations += engine.device_memory_size_v2
+            del engine
         result["engine_activations_mib"] = activations / MIB
     return result
 
@@ -584,10 +579,10 @@ def run_aligned_lookup(iters: int) -> Dict[str, Any]:
         def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
             return self.proj(inputs_embeds)
 
-    def median_ms(fn: Callable[[], object]) -> float:
+    def warmed_median_ms(fn: Callable[[], object]) -> float:
         for _ in range(5):
             fn()
-        return statistics.median(_timed_ms(fn) for _ in range(iters))
+        return _median_ms(fn, iters)
 
     torch.manual_seed(0)
     model = Model().eval().half().cuda()
@@ -603,13 +598,19 @@ def run_aligned_lookup(iters: int) -> Dict[str, Any]:
         assert model.embed_tokens.weight.device.type == "cpu"
         assert torch.equal(lookup(ids), on_gpu(ids))
         return {
-            "gpu_lookup_ms": median_ms(lambda: on_gpu(ids)),
-            "offloaded_lookup_ms": median_ms(lambda: lookup(ids)),
+            "gpu_lookup_ms": warmed_median_ms(lambda: on_gpu(ids)),
+            "offloaded_lookup_ms": warmed_median_ms(lambda: lookup(ids)),
         }
 
 
 # --------------------------------------------------------------------------------------------
 # Orchestrator
+
+
+def _last_figures(stdout: str) -> Dict[str, Any]:
+    """The last JSON line a worker printed (its figures so far), or an empty dict."""
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else {}
 
 
 def run_worker(
@@ -632,13 +633,11 @@ def run_worker(
     except subprocess.TimeoutExpired as e:
         # Workers print their figures after each phase: keep what was measured
         partial = e.stdout.decode() if isinstance(e.stdout, bytes) else e.stdout or ""
-        lines = [line for line in partial.splitlines() if line.startswith("{")]
-        result = json.loads(lines[-1]) if lines else {}
+        result = _last_figures(partial)
         result["error"] = f"worker ran past {timeout:g} s"
         return result
-    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    result = json.loads(lines[-1]) if lines else {}
-    if out.returncode != 0 or not lines:
+    result = _last_figures(out.stdout)
+    if out.returncode != 0 or not result:
         # Keep what the worker measured before it failed, and say how it failed
         tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
         result["error"] = " | ".join(tail)
