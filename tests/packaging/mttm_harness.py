@@ -2,10 +2,11 @@
 
 ``torch_tensorrt`` cannot be imported without CUDA, and TensorRT is not installable here, so
 the module file is executed on its own, with ``torch_tensorrt``'s other modules replaced by
-small fakes: the "compiler" builds a ``FakeEngine`` that holds a copy of the weights, the
-"refit" rebuilds it, and ``deallocate_module`` counts its calls (``Calls``).
+small fakes: the "compiler" builds an engine that runs the exported graph on a copy of the
+weights, the "refit" rebuilds it, and ``deallocate_module`` counts its calls (``Calls``).
 """
 
+import io
 import sys
 import types
 
@@ -17,15 +18,23 @@ MODULE_NAME = "torch_tensorrt.dynamo.runtime._MutableTorchTensorRTModule"
 
 
 class FakeEngine(nn.Module):
-    """Stands in for a TensorRT engine of ``Net``: its forward on weights copied when built."""
+    """The "engine": the exported program serialized when it is built, so its weights are a copy
+    that goes stale when the model's change and is not refitted. Picklable, as engines are."""
 
-    def __init__(self, state_dict):
+    def __init__(self, exported_program):
         super().__init__()
-        self.register_buffer("w", state_dict["fc.weight"].detach().clone())
-        self.register_buffer("b", state_dict["fc.bias"].detach().clone())
+        buffer = io.BytesIO()
+        torch.export.save(exported_program, buffer)
+        self.blob = buffer.getvalue()
 
-    def forward(self, x):
-        return nn.functional.linear(x, self.w, self.b).relu()
+    def forward(self, *args, **kwargs):
+        if "_loaded" not in self.__dict__:
+            loaded = torch.export.load(io.BytesIO(self.blob)).module()
+            object.__setattr__(self, "_loaded", loaded)
+        return self.__dict__["_loaded"](*args, **kwargs)
+
+    def __getstate__(self):
+        return {k: v for k, v in super().__getstate__().items() if k != "_loaded"}
 
 
 class Calls:
@@ -44,7 +53,7 @@ def install_fakes(monkeypatch, calls: Calls) -> None:
         return module
 
     def engine(exported_program):
-        return FakeEngine(exported_program.state_dict)
+        return FakeEngine(exported_program)
 
     def fake_compile(exported_program, arg_inputs=(), kwarg_inputs=None, **settings):
         calls.compile.append(settings)
@@ -61,11 +70,6 @@ def install_fakes(monkeypatch, calls: Calls) -> None:
     def check_output_equal(a, b):
         return torch.allclose(a, b, rtol=5e-3, atol=5e-3)
 
-    # torch_tensorrt depends on psutil; the patched refit decision asks it for free host memory
-    package(
-        "psutil",
-        virtual_memory=lambda: types.SimpleNamespace(available=1 << 34),
-    )
     root = package("torch_tensorrt", runtime=types.SimpleNamespace())
     package("torch_tensorrt._Device", Device=type("Device", (), {}))
     package("torch_tensorrt._enums", dtype=type("dtype", (), {}))

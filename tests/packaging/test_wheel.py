@@ -64,7 +64,7 @@ def test_wheel_name_metadata_record_and_provenance(rtx_wheel, rtx_2_11_wheel):
             "0001-deallocate_module-noop-without-cuda-tensors.patch",
             "2.11/0002-mutable-module-offload-only-when-asked.patch",
             "2.11/0003-mutable-module-keep-on-device-and-aligned-calls.patch",
-            "2.11/0004-mutable-module-refit-decision-from-weights.patch",
+            "0004-mutable-module-refit-decision-from-weights.patch",
         ]
         changed = {
             n
@@ -264,7 +264,7 @@ def test_patch_that_does_not_apply_names_patch_file_and_hunk(tmp_path, rtx_2_11_
         in message
     )
     assert "py/torch_tensorrt/dynamo/runtime/_MutableTorchTensorRTModule.py" in message
-    assert "hunk #6 (@@ -311,7 +316,15 @@" in message, message
+    assert "hunk #6 (@@ -311,7 +320,15 @@" in message, message
     assert not list(out.rglob("*.whl")) if out.exists() else True
 
 

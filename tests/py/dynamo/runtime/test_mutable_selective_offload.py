@@ -34,8 +34,8 @@ if (
     )
 
 # _reset_dynamo: the autouse fixture that runs torch._dynamo.reset() after each case
-from test_mutable_offload import _reset_dynamo  # noqa: E402, F401
-from test_mutable_offload import (  # noqa: E402
+from .test_mutable_offload import _reset_dynamo  # noqa: E402, F401
+from .test_mutable_offload import (  # noqa: E402
     HIDDEN,
     RUNTIMES,
     VOCAB,
