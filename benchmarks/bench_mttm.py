@@ -15,7 +15,9 @@ mostly the embedding table, sized to ``--sizes`` MiB.
 
 Figures per case: compile time (first call); forward latency (median of ``--iters`` calls after
 warm-up); the call after an attribute assignment; the call after reading a weight without
-changing it, and how many refits those calls caused (none is right: no weight changed); the
+changing it, the call after an in-place write of equal values, and how many refits those calls
+caused (none is right: no weight changed); what fingerprinting the weights and the decision
+cost on builds that decide from the weights' contents; the
 call after a real weight change (refit); save and load time (C++ runtime); device memory in use
 after compile and after the refit (``torch.cuda.mem_get_info`` less the caching allocator's
 free bytes, relative to before the model was created, so the user's weights count while they
@@ -357,8 +359,24 @@ def run_case(
             touch.append(_timed_ms(lambda: mttm(x)))
         result["after_attribute_ms"] = statistics.median(attribute)
         result["after_weight_read_ms"] = statistics.median(touch)
+        equal = []
+        for _ in range(repeats):
+            mttm.layers[0].fc1.weight.mul_(1.0)  # an in-place write of equal values
+            equal.append(_timed_ms(lambda: mttm(x)))
+        result["after_equal_write_ms"] = statistics.median(equal)
         result["false_refits"] = refits["refits"] - refits_before
         _progress(result)
+        if hasattr(mttm, "_record_weights"):  # the decision from the weights' contents
+            from torch_tensorrt.dynamo.runtime import _MutableTorchTensorRTModule as m
+
+            result["record_weights_ms"] = _median_ms(mttm._record_weights, repeats)
+            result["decision_ms"] = _median_ms(mttm.update_refit_condition, repeats)
+            # Fingerprints alone, where the weights are (the CPU with offloading on)
+            tensors = m._weight_tensors(mttm.original_model)
+            result["fingerprints_ms"] = _median_ms(
+                lambda: m._weight_fingerprints(tensors), repeats
+            )
+            _progress(result)
 
         mttm.layers[0].fc1.weight.mul_(1.01)  # a real change: refit
         result["refit_ms"] = _timed_ms(lambda: mttm(x))
@@ -651,7 +669,11 @@ METRICS = (
     ("state_record_ms", "recording the weights' state (ms)"),
     ("after_attribute_ms", "call after attribute assignment (ms)"),
     ("after_weight_read_ms", "call after weight read (ms)"),
+    ("after_equal_write_ms", "call after an in-place write of equal values (ms)"),
     ("false_refits", "refits caused by those calls"),
+    ("record_weights_ms", "fingerprinting the weights, as compile and refit do (ms)"),
+    ("fingerprints_ms", "of which the fingerprints (ms)"),
+    ("decision_ms", "the refit decision (update_refit_condition, ms)"),
     ("refit_ms", "call after weight change: refit (ms)"),
     ("save_s", "save (s)"),
     ("load_s", "load (s)"),

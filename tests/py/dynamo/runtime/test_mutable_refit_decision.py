@@ -10,7 +10,6 @@ that guard against stale engines and false refits fail.
 """
 
 import copy
-import itertools
 import os
 import tempfile
 import time
@@ -123,7 +122,8 @@ def _sync_through_named_parameters(model, mttm):
 
 
 def _fused_adamw_step(model, mttm):
-    # The optimizer holds the parameters from before the last call; nothing goes through the module
+    # The optimizer holds the parameters from before the last call; nothing goes through the module,
+    # and a fused step moves no version counter: it is seen through the optimizer step hook
     params = [p for p in model.parameters() if p.is_cuda and p.dtype == torch.float32]
     optimizer = torch.optim.AdamW(params, lr=0.05, fused=True)
     for p in params:
@@ -318,8 +318,6 @@ def test_reading_every_weight_allocates_nothing(counted):
 def test_a_refit_of_a_model_moved_to_the_cpu_leaves_no_device_copy(counted):
     model, mttm, x = _compiled(counted)
     model.to("cpu")  # the user's move, offloading off: not a weight change
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
     with torch.no_grad():
         _assert_close(_pytorch_output(model, x), mttm(x), "the move")
         assert counted == {"refit": 0, "compile": 0}, counted
@@ -329,11 +327,10 @@ def test_a_refit_of_a_model_moved_to_the_cpu_leaves_no_device_copy(counted):
         _assert_close(expected, mttm(x), "the refit")
     assert counted == {"refit": 1, "compile": 0}, counted
     assert next(model.parameters()).device.type == "cpu"
-    torch.cuda.synchronize()
-    grown = torch.cuda.memory_allocated() - before
-    assert (
-        grown < 0.1 * _weight_bytes(model)
-    ), f"{grown / 2**20:.1f} MiB left on the device after the refit"
+    on_device = [
+        k for k, v in mttm.exp_program.state_dict.items() if v.device.type == "cuda"
+    ]
+    assert not on_device, f"the exported program keeps {on_device[:5]} on the device"
 
 
 @pytest.mark.parametrize("offload", OFFLOAD)
@@ -378,14 +375,25 @@ def test_offload_setting_must_be_a_bool():
 
 
 def test_fingerprints_do_not_depend_on_the_device():
+    def fingerprints(model):
+        return mttm_module._weight_fingerprints(mttm_module._weight_tensors(model))
+
     model = _make_model()
-    on_gpu = mttm_module._weight_fingerprints(model, None)
-    on_cpu = mttm_module._weight_fingerprints(copy.deepcopy(model).cpu(), None)
-    streamed = mttm_module._weight_fingerprints(copy.deepcopy(model).cpu(), DEVICE)
-    assert on_gpu == on_cpu == streamed
+    model.odd = torch.randn(4099, dtype=torch.float16, device=DEVICE)  # a partial row
+    on_gpu = fingerprints(model)
+    on_cpu = fingerprints(copy.deepcopy(model).cpu())
+    assert on_gpu == on_cpu
+    # The GPU's integer products against the CPU's, row by row, at every level
+    rows = model.embed_tokens.weight.detach().reshape(-1).view(torch.int8)[: 1 << 24]
+    rows = rows.view(-1, mttm_module._FINGERPRINT_ROW)
+    for level in range(3):
+        assert torch.equal(
+            mttm_module._hash_rows(rows, level).cpu(),
+            mttm_module._hash_rows(rows.cpu(), level),
+        )
     with torch.no_grad():
         model.norm.weight[-1] += 1e-3
-    assert mttm_module._weight_fingerprints(model, None)["norm.weight"] != on_gpu["norm.weight"]
+    assert fingerprints(model)["norm.weight"] != on_gpu["norm.weight"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -402,6 +410,7 @@ def _llama(counted, offload=False):
         num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=64,
+        initializer_range=0.3,  # attention large enough for rotary changes to show
     )
     torch.manual_seed(0)
 
