@@ -8,6 +8,7 @@ weights, the "refit" rebuilds it, and ``deallocate_module`` counts its calls (``
 
 import io
 import sys
+import tempfile
 import types
 
 import torch
@@ -100,5 +101,10 @@ def load_mttm(monkeypatch, source: str, calls: Calls):
     monkeypatch.setitem(
         sys.modules, MODULE_NAME, module
     )  # pickle looks classes up here
-    exec(compile(source, MODULE_NAME, "exec"), module.__dict__)
+    # From a file, as a module is imported: Triton's kernels read their source through inspect
+    path = tempfile.mkdtemp() + "/_MutableTorchTensorRTModule.py"
+    with open(path, "w") as f:
+        f.write(source)
+    module.__file__ = path
+    exec(compile(source, path, "exec"), module.__dict__)
     return module

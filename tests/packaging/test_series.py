@@ -191,6 +191,13 @@ def test_patch_has_dep3_header_and_git_paths(patch):
         assert re.search(
             rf"^{field}: \S", header, re.M
         ), f"{patch.name}: DEP-3 {field} missing"
+    # DEP-3: a short description on the first line; Forwarded is no, not-needed, yes or a URL
+    first = header.splitlines()[0]
+    assert len(first) <= 80, f"{patch.name}: first line of {len(first)} characters"
+    forwarded = re.search(r"^Forwarded: (.*)$", header, re.M).group(1).strip()
+    assert forwarded in ("no", "not-needed", "yes") or re.match(
+        r"https?://", forwarded
+    ), f"{patch.name}: Forwarded: {forwarded!r} is not a DEP-3 value"
     diffs = re.findall(r"^diff --git a/(\S+) b/(\S+)$", text, re.M)
     # Patches for release wheels touch only the package; upstream-only ones also its docs
     allowed = ("py/", "docsrc/") if patch.parent.name == "upstream-only" else ("py/",)
