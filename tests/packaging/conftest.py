@@ -83,3 +83,27 @@ def patched_trees(tmp_path_factory):
         return trees[key]
 
     return get
+
+
+# The patched _MutableTorchTensorRTModule.py of every supported release, run with the compiler faked
+VERSIONS = sorted(RELEASES, key=bpw.version_key)
+
+
+@pytest.fixture(params=VERSIONS)
+def version(request):
+    return request.param
+
+
+@pytest.fixture
+def calls():
+    from mttm_harness import Calls
+
+    return Calls()
+
+
+@pytest.fixture
+def mttm_module(monkeypatch, patched_trees, version, calls):
+    from mttm_harness import MTTM, load_mttm
+
+    source = (patched_trees("torch_tensorrt", version) / MTTM).read_text()
+    return load_mttm(monkeypatch, source, calls)

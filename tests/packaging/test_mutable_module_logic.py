@@ -13,30 +13,11 @@ import logging
 import os
 
 import pytest
-from conftest import RELEASES, base_wheel, bpw
-from mttm_harness import MTTM, Calls, load_mttm
+from conftest import base_wheel
+from mttm_harness import MTTM, load_mttm
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
-
-VERSIONS = sorted(RELEASES, key=bpw.version_key)
-
-
-@pytest.fixture(params=VERSIONS)
-def version(request):
-    return request.param
-
-
-@pytest.fixture
-def calls():
-    return Calls()
-
-
-@pytest.fixture
-def mttm_module(monkeypatch, patched_trees, version, calls):
-    source = (patched_trees("torch_tensorrt", version) / MTTM).read_text()
-    return load_mttm(monkeypatch, source, calls)
-
 
 @pytest.fixture
 def unpatched_module(monkeypatch, version, calls):

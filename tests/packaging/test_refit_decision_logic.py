@@ -12,24 +12,10 @@ import os
 
 import pytest
 import torch
-from conftest import RELEASES, bpw
+from conftest import VERSIONS
 from mttm_harness import MTTM, Calls, load_mttm
 
 nn = torch.nn
-
-VERSIONS = sorted(RELEASES, key=bpw.version_key)
-
-
-@pytest.fixture
-def calls():
-    return Calls()
-
-
-@pytest.fixture(params=VERSIONS)
-def mttm_module(request, monkeypatch, patched_trees, calls):
-    source = (patched_trees("torch_tensorrt", request.param) / MTTM).read_text()
-    return load_mttm(monkeypatch, source, calls)
-
 
 @pytest.fixture
 def fingerprints(monkeypatch, patched_trees):
