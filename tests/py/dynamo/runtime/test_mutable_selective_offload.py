@@ -4,12 +4,10 @@
 With ``offload_module_to_cpu=True``, submodules named in
 ``keep_on_device`` stay on the GPU through compile, refit, recompile and load; an offloaded
 submodule called through the module with CUDA inputs runs where its weights are and hands its
-outputs back on the inputs' device, with a warning that names it. Skipped on builds without
-the keyword.
+outputs back on the inputs' device, with a warning that names it.
 """
 
 import copy
-import inspect
 import os
 import tempfile
 
@@ -19,19 +17,7 @@ import torch
 if not torch.cuda.is_available():
     pytest.skip("CUDA is not available", allow_module_level=True)
 
-try:
-    import torch_tensorrt as torch_trt
-except Exception as e:  # CPU-only torch raises at import (is_thor() queries CUDA)
-    pytest.skip(f"torch_tensorrt cannot be imported: {e}", allow_module_level=True)
-
-if (
-    "keep_on_device"
-    not in inspect.signature(torch_trt.MutableTorchTensorRTModule.__init__).parameters
-):
-    pytest.skip(
-        "this Torch-TensorRT has no keep_on_device",
-        allow_module_level=True,
-    )
+import torch_tensorrt as torch_trt
 
 # _reset_dynamo: the autouse fixture that runs torch._dynamo.reset() after each case
 from .test_mutable_offload import _reset_dynamo  # noqa: E402, F401
