@@ -368,6 +368,17 @@ def test_a_run_past_its_time_is_stopped_and_fails(tmp_path):
     assert gr.judge_green(run_.outcome, []) == [run_.outcome.problem]
 
 
+def test_a_guard_id_that_names_no_case_stops_the_run(tmp_path):
+    (tmp_path / "test_x.py").write_text("def test_x():\n    assert False\n")
+    build = gr.Build("release", sys.executable, [], tmp_path, "0", "test build")
+    run_ = gr.Run("guards", "guards", build, ["test_x.py::test_renamed"], tmp_path, "")
+    gr.Runner(tmp_path, tmp_path / "tmp", 120)(run_)
+    assert "not found" in run_.outcome.problem, run_.outcome.problem
+    assert gr.judge_guards(run_.outcome, ["test_x.py::test_renamed"]) == [
+        run_.outcome.problem
+    ]
+
+
 def test_summary_table_and_result_line(outcome):
     problems = gr.judge_green(outcome, gr.ALLOWED_SKIPS)
     rows = [
@@ -478,3 +489,81 @@ def test_hub_detection_reads_each_test_body(tmp_path):
         """)
     (tmp_path / "test_x.py").write_text(source)
     assert gr.hub_cases(tmp_path / "test_x.py") == ["test_hub"]
+
+
+# ------------------------------------------------------------------------------------------
+# The whole job, with the GPU faked: the interpreter's probe says CUDA, the import check and
+# the pytest runs are replaced; the build, the environments and upstream's tests are real.
+
+
+@pytest.mark.parametrize("broken", [None, "guard passes", "upstream regression"])
+def test_the_job_with_the_gpu_faked(tmp_path, monkeypatch, rtx_2_11_wheel, broken):
+    info = gr.probe(sys.executable, [])
+    info.update(torch="2.11.0+cu130", cuda=True, gpu="Fake GPU", xdist=True)
+    monkeypatch.setattr(gr, "probe", lambda python, extra: info)
+    monkeypatch.setattr(
+        gr, "check_import", lambda build, log: setattr(build, "tensorrt", "TRT x")
+    )
+    guards = gr.read_guards()
+    runs = []
+
+    def fake_pytest(self, run):
+        runs.append(run)
+        cases = {"m::a": "passed"}
+        if run.name == "guards-release":
+            cases = {gr.case_key(g): "failed" for g in guards}
+            if broken == "guard passes":
+                cases[gr.case_key(guards[3])] = "passed"
+        if broken == "upstream regression" and run.name == "upstream-refit-patched":
+            cases = {"m::a": "failed"}
+        run.outcome = gr.Outcome(cases=cases, seconds=1.0)
+        return run
+
+    monkeypatch.setattr(gr.Runner, "__call__", fake_pytest)
+    repo = _upstream_repo(tmp_path / "upstream", tag="v2.11.0")
+    work = tmp_path / "work"
+    status = gr.main(
+        ["--rtx", "--base-wheel", str(rtx_2_11_wheel), "--no-deps", "--jobs", "3"]
+        + ["--upstream", str(repo), "--workdir", str(work), "--xdist", "2"]
+    )
+    summary = (work / "junit" / "summary.md").read_text()
+
+    # Both builds installed, each in its own environment
+    (built,) = work.glob("wheels/patched/*.whl")
+    version = built.name.split("-")[1]
+    assert version.startswith("2.11.0+offload.")
+    site = "lib/python*/site-packages/*.dist-info"
+    installed = {
+        env: [p.name for p in work.glob(f"envs/{env}/{site}")]
+        for env in ("patched", "release")
+    }
+    assert installed == {
+        "patched": [f"torch_tensorrt_rtx-{version}.dist-info"],
+        "release": ["torch_tensorrt_rtx-2.11.0.dist-info"],
+    }
+    # What ran where, the free-memory case last and alone
+    by_name = {r.name: r for r in runs}
+    assert [r.name for r in runs][-1] == "runtime-patched-alone"
+    assert by_name["runtime-patched-alone"].args == ["-s"] + gr.ALONE
+    assert by_name["guards-release"].args == ["-n", "2"] + guards
+    assert by_name["guards-release"].build.label == "release"
+    assert by_name["runtime-patched"].args[-1] == gr.SUITE_DIR
+    assert by_name["upstream-mttm-release"].cwd == work / "upstream"
+    mttm = by_name["upstream-mttm-patched"].args
+    assert f"{gr.UPSTREAM_TESTS['mttm']}::test_resnet18" in mttm
+    assert mttm[:2] == ["-p", "pytest_torchtrt_first"]
+
+    assert "| build | patched |" in summary
+    assert "Fake GPU, torch 2.11.0+cu130" in summary
+    if broken is None:
+        assert status == 0, summary
+        assert summary.splitlines()[-1] == "result: PASS"
+        assert summary.count("| PASS |") == 8
+    else:
+        assert status == 1
+        assert summary.splitlines()[-1] == "result: FAIL"
+        expected = {
+            "guard passes": f"guard passed on the release, it must fail: {guards[3]}",
+            "upstream regression": "passes on the release, failed on the patched build: m::a",
+        }[broken]
+        assert expected in summary
