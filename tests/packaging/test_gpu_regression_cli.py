@@ -532,9 +532,8 @@ def test_the_job_with_the_gpu_faked(tmp_path, monkeypatch, rtx_2_11_wheel, broke
     (built,) = work.glob("wheels/patched/*.whl")
     version = built.name.split("-")[1]
     assert version.startswith("2.11.0+offload.")
-    site = "lib/python*/site-packages/*.dist-info"
     installed = {
-        env: [p.name for p in work.glob(f"envs/{env}/{site}")]
+        env: [p.name for p in work.glob(f"envs/{env}/site/*.dist-info")]
         for env in ("patched", "release")
     }
     assert installed == {
@@ -567,3 +566,30 @@ def test_the_job_with_the_gpu_faked(tmp_path, monkeypatch, rtx_2_11_wheel, broke
             "upstream regression": "passes on the release, failed on the patched build: m::a",
         }[broken]
         assert expected in summary
+
+
+def test_a_build_installed_with_its_dependencies_gets_a_venv_that_sees_the_interpreter(
+    tmp_path,
+):
+    # A wheel that depends on pytest, which the interpreter has: pip must count it as installed
+    wheel = tmp_path / "demo_pkg-1.0-py3-none-any.whl"
+    metadata = (
+        "Metadata-Version: 2.1\nName: demo-pkg\nVersion: 1.0\nRequires-Dist: pytest\n"
+    )
+    tags = "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("demo_pkg/__init__.py", "")
+        zf.writestr("demo_pkg-1.0.dist-info/METADATA", metadata)
+        zf.writestr("demo_pkg-1.0.dist-info/WHEEL", tags)
+        zf.writestr("demo_pkg-1.0.dist-info/RECORD", "")
+    info = gr.probe(sys.executable, [])
+    build = gr.install("patched", wheel, info, tmp_path, [], False, tmp_path / "log")
+    assert build.python == str(tmp_path / "envs" / "patched" / "bin" / "python")
+    installed = sorted(p.name for p in build.site.glob("*.dist-info"))
+    assert installed == ["demo_pkg-1.0.dist-info"]  # pytest was not installed again
+    code = "import demo_pkg, pytest, torch; print(demo_pkg.__file__, torch.__version__)"
+    out = subprocess.run([build.python, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    where, version = out.stdout.split()
+    assert Path(where).parent.parent == build.site
+    assert version == info["torch"]
