@@ -164,6 +164,23 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "(batch 8 x 512 tokens, vocab 128k, hidden 2048, fp16) against the same lookup on "
         "the GPU; needs the aligned calls of patch 0003",
     )
+    parser.add_argument(
+        "--refit-costs",
+        action="store_true",
+        help="instead: for each size, offload setting and runtime (--runtimes), time the call "
+        "after one weight, a rank-16 LoRA delta in 8 linear weights and every weight changed "
+        "(--repeats each, median), say which refit ran, break its time down by step, and "
+        "measure device memory and host peak RSS over --refits consecutive refits",
+    )
+    parser.add_argument(
+        "--runtimes", nargs="+", choices=("python", "cpp"), default=["python", "cpp"]
+    )
+    parser.add_argument(
+        "--refits",
+        type=int,
+        default=0,
+        help="with --refit-costs: refits for the memory check",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -239,7 +256,7 @@ def _language_model(dims: ModelDims, seed: int) -> "torch.nn.Module":
         return LanguageModel().eval().half()
 
 
-def _mutable_module(model: "torch.nn.Module", offload: bool) -> Any:
+def _mutable_module(model: "torch.nn.Module", offload: bool, **settings: Any) -> Any:
     import dataclasses
 
     import torch_tensorrt
@@ -249,7 +266,7 @@ def _mutable_module(model: "torch.nn.Module", offload: bool) -> Any:
     # fp16 weights, fp16 engine; newer releases are always strongly typed and lack the field
     typing = {"use_explicit_typing": True} if "use_explicit_typing" in settings else {}
     return torch_tensorrt.MutableTorchTensorRTModule(
-        model, min_block_size=1, offload_module_to_cpu=offload, **typing
+        model, min_block_size=1, offload_module_to_cpu=offload, **typing, **settings
     )
 
 
@@ -621,6 +638,117 @@ def run_aligned_lookup(iters: int) -> Dict[str, Any]:
         }
 
 
+# Where a refit's time goes: cProfile's cumulative seconds of these functions (by name and file),
+# as children of the timed call. The release's full path and the in-place path of patch 0005.
+REFIT_STEPS = (
+    ("export", "export", "torch/export/"),
+    ("decompositions", "run_decompositions", "exported_program.py"),
+    ("lowering", "post_lowering", ""),
+    ("partitioning", "partition", "partitioning/"),
+    ("decode engine (base64)", "b64decode", ""),
+    ("deserialize engine", "deserialize_cuda_engine", ""),
+    ("weight lookup and copies", "construct_refit_mapping_from_weight_name_map", ""),
+    ("TensorRT refit", "refit_cuda_engine", ""),
+    ("serialize engine", "serialize_with_config", ""),
+    ("C++ runtime load (setup_engine)", "setup_engine", ""),
+    ("gc.collect", "collect", ""),
+    ("empty_cache", "empty_cache", ""),
+    ("recording the weights", "_record_weights", ""),
+)
+
+
+def _refit_breakdown(profile: Any) -> Dict[str, float]:
+    """Milliseconds per REFIT_STEPS entry in a cProfile.Profile (cumulative, counted once per name)."""
+    import pstats
+
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    steps: Dict[str, float] = {}
+    for label, function, path in REFIT_STEPS:
+        ms = 0.0
+        for (filename, _, name), (_, _, _, cumulative, _) in stats.items():
+            # builtins appear as "<method 'refit_cuda_engine' of ...>" with filename "~"
+            if (name == function or f"'{function}'" in name) and path in filename:
+                ms = max(ms, cumulative * 1e3)
+        steps[label] = round(ms, 1)
+    return steps
+
+
+def run_refit_costs(
+    size_mib: float, offload: bool, python_runtime: bool, repeats: int, refits: int
+) -> Dict[str, Any]:
+    """Time the call after each kind of weight change, with a breakdown, and memory over many refits."""
+    import cProfile
+    import logging
+    import resource
+
+    import torch
+
+    dims = model_dims(size_mib)
+    model = _language_model(dims, seed=0)
+    x = torch.randn(2, 16, dims.hidden, device="cuda", dtype=torch.float16)
+    mttm = _mutable_module(model, offload, use_python_runtime=python_runtime)
+    in_place = []
+
+    class InPlace(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            in_place.append("engine weights in place" in record.getMessage())
+
+    log = logging.getLogger("torch_tensorrt.dynamo.runtime._MutableTorchTensorRTModule")
+    log.addHandler(InPlace())
+    log.setLevel(logging.INFO)
+    result: Dict[str, Any] = {"runtime": "python" if python_runtime else "cpp"}
+    with torch.no_grad():
+        result["compile_s"] = round(_timed_ms(lambda: mttm(x)) / 1e3, 2)
+        generator = torch.Generator(device="cuda").manual_seed(1)
+        linears = [m for b in model.layers for m in (b.qkv, b.proj, b.fc1, b.fc2)]
+
+        def one_weight() -> None:  # 8 hidden^2 fp16 values: 32 MiB at hidden 2048
+            model.layers[0].fc1.weight.mul_(-1.0)
+
+        def lora() -> None:  # a rank-16 delta fused into 8 linear weights
+            for linear in linears[:8]:
+                out_features, in_features = linear.weight.shape
+                a = torch.randn(16, in_features, device="cuda", generator=generator)
+                b = torch.randn(out_features, 16, device="cuda", generator=generator)
+                linear.weight.add_(
+                    (b @ a * 1e-2).to(linear.weight.device, torch.float16)
+                )
+
+        def every_weight() -> None:
+            for p in list(model.layers.parameters()) + list(model.norm.parameters()):
+                p.mul_(-1.0)
+
+        for name, change in (
+            ("one", one_weight),
+            ("lora", lora),
+            ("all", every_weight),
+        ):
+            times, paths, steps = [], [], {}
+            for _ in range(repeats):
+                change()
+                del in_place[:]
+                profile = cProfile.Profile()
+                times.append(_timed_ms(lambda: profile.runcall(mttm, x)))
+                paths.append("in place" if any(in_place) else "full")
+                steps = _refit_breakdown(profile)
+            result[f"{name}_ms"] = round(statistics.median(times), 1)
+            result[f"{name}_path"] = sorted(set(paths))
+            result[f"{name}_steps_ms"] = steps
+            _progress(result)
+        if refits:
+            in_use, rss = [], []
+            for i in range(refits):
+                one_weight()
+                mttm(x)
+                if i in (0, refits - 1):
+                    in_use.append(_device_memory_in_use())
+                    rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+            result["refits"] = refits
+            result["device_mib_first_last"] = [round(b / MIB, 1) for b in in_use]
+            result["host_peak_rss_mib_first_last"] = [round(k / 1024, 1) for k in rss]
+    return result
+
+
 # --------------------------------------------------------------------------------------------
 # Orchestrator
 
@@ -740,7 +868,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.worker:
         offload = args.offload == ["on"]
         result: Dict[str, Any]
-        if args.aligned_lookup:
+        if args.refit_costs:
+            result = run_refit_costs(
+                args.size,
+                offload,
+                args.runtimes == ["python"],
+                args.repeats,
+                args.refits,
+            )
+        elif args.aligned_lookup:
             result = run_aligned_lookup(args.iters)
         elif args.memory_breakdown:
             result = run_memory_breakdown(args.size, offload)
@@ -755,6 +891,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _progress(result)
         return 0
     flags = ["--iters", str(args.iters), "--repeats", str(args.repeats)]
+    if args.refit_costs:
+        rows = []
+        for size in args.sizes:
+            for offload in args.offload:
+                for runtime in args.runtimes:
+                    for name, site in args.builds:
+                        extra = ["--refit-costs", "--runtimes", runtime]
+                        extra += ["--refits", str(args.refits)]
+                        r = run_worker(
+                            site,
+                            args.extra_path,
+                            size,
+                            offload,
+                            flags + extra,
+                            args.worker_timeout,
+                        )
+                        r.update(build=name, size=size, offload=offload)
+                        print(json.dumps(r), flush=True)
+                        rows.append(r)
+                        if args.json:
+                            with open(args.json, "w") as f:
+                                json.dump(
+                                    {"builds": args.builds, "results": rows},
+                                    f,
+                                    indent=2,
+                                )
+        return 1 if any("error" in r for r in rows) else 0
     if args.aligned_lookup or args.memory_breakdown or args.decision_seeds:
         if args.aligned_lookup:
             flags.append("--aligned-lookup")

@@ -6,6 +6,7 @@ small fakes: the "compiler" builds an engine that runs the exported graph on a c
 weights, the "refit" rebuilds it, and ``deallocate_module`` counts its calls (``Calls``).
 """
 
+import importlib.machinery
 import io
 import sys
 import tempfile
@@ -48,6 +49,7 @@ class Calls:
 def install_fakes(monkeypatch, calls: Calls) -> None:
     def package(name, **attrs):
         module = types.ModuleType(name)
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
         module.__path__ = []
         module.__dict__.update(attrs)
         monkeypatch.setitem(sys.modules, name, module)
@@ -93,6 +95,18 @@ def install_fakes(monkeypatch, calls: Calls) -> None:
         to_torch_tensorrt_device=lambda device: device,
     )
     package("torch_tensorrt.dynamo.runtime")
+    # Imported by the refit in place (patch 0005): the fake engines are neither, so every refit
+    # takes the (fake) full path
+    package(
+        "torch_tensorrt.dynamo.runtime._PythonTorchTensorRTModule",
+        PythonTorchTensorRTModule=type("PythonTorchTensorRTModule", (), {}),
+    )
+    package(
+        "torch_tensorrt.dynamo.runtime._TorchTensorRTModule",
+        TorchTensorRTModule=type("TorchTensorRTModule", (), {}),
+    )
+    package("torch_tensorrt.logging", TRT_LOGGER=None)
+    package("tensorrt")
 
 
 def load_mttm(monkeypatch, source: str, calls: Calls):
