@@ -479,8 +479,20 @@ def _pending(pr: PullRequest, root: Path, staged: Sequence[str]) -> str:
                 "not in patches/series"
             )
         elif files:
+            lines = sorted(
+                s.parent.relative_to(root).as_posix() + "/series"
+                for s in (root / "patches").glob("*/series")
+                if s.parent.name != "staging"
+                and any(p.name in files for p in read_series(s))
+            )
+            where = (
+                f" (only the release lines' {', '.join(lines)} list it)"
+                if lines
+                else ""
+            )
             notes.append(
-                f"patches/{', '.join(files)} exists but is not in patches/series"
+                f"patches/{', '.join(files)} exists but is not in patches/series, the "
+                f"series for upstream main{where}"
             )
         else:
             notes.append(f"no patch {pattern} in patches/series yet")
