@@ -56,8 +56,9 @@ SERIES = "patches/series"
 DOCS_SERIES = "patches/upstream-only/series"
 STAGING_SERIES = "patches/staging/series"
 TEMPLATES = "docs/upstream"
-# The GPU test files: every one must belong to a pull request
-TEST_GLOB = "tests/py/dynamo/runtime/test_*.py"
+# The GPU test files, and their helper modules if any: every one must belong to a pull request
+# (the empty __init__.py files are upstream's own and are not exported)
+TEST_GLOB = "tests/py/**/*.py"
 # Upstream main the series was made for (2026-08-22); --verify --base REV checks another
 BASE_COMMIT = "d7f2062810df37e4bbcfc9065b5f44f09aca7156"
 
@@ -532,7 +533,7 @@ def plan(
     test_paths = {t.path for pr in prs for t in pr.tests}
     for path in sorted(root.glob(TEST_GLOB)):
         rel = path.relative_to(root).as_posix()
-        if rel not in test_paths:
+        if path.name != "__init__.py" and rel not in test_paths:
             raise ExportError(
                 f"{rel} belongs to no pull request: add it to the tests of one entry of "
                 "PULL_REQUESTS in export_upstream_pr.py"
