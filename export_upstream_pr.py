@@ -556,7 +556,7 @@ def plan(
         missing_tests = [t.path for t in pr.tests if not (root / t.path).is_file()]
         if pr.stacked_on is not None and pr.stacked_on not in planned:
             skipped.append(
-                f"{pr.name}: not exported: it is stacked on {pr.stacked_on}, which is not"
+                f"{pr.name}: not exported: it is stacked on {pr.stacked_on}, which is not exported"
             )
             continue
         if not present:
