@@ -111,7 +111,9 @@ def _change_lora(model):
 
 def _change_embedding(mttm):
     with torch.no_grad():
-        mttm.get_input_embeddings().weight.add_(1.0)
+        weight = mttm.get_input_embeddings().weight
+        # Noise, not a constant shift: the LayerNorms would cancel a constant added to every row
+        weight.add_(torch.randn_like(weight) * 0.5)
 
 
 CHANGES = [
