@@ -491,14 +491,22 @@ def test_hub_detection_reads_each_test_body(tmp_path):
     assert gr.hub_cases(tmp_path / "test_x.py") == ["test_hub"]
 
 
+@pytest.fixture(scope="module")
+def interpreter():
+    """What ci/gpu-regression learns of this interpreter (no CUDA here)."""
+    return gr.probe(sys.executable, [])
+
+
 # ------------------------------------------------------------------------------------------
 # The whole job, with the GPU faked: the interpreter's probe says CUDA, the import check and
 # the pytest runs are replaced; the build, the environments and upstream's tests are real.
 
 
 @pytest.mark.parametrize("broken", [None, "guard passes", "upstream regression"])
-def test_the_job_with_the_gpu_faked(tmp_path, monkeypatch, rtx_2_11_wheel, broken):
-    info = gr.probe(sys.executable, [])
+def test_the_job_with_the_gpu_faked(
+    tmp_path, monkeypatch, rtx_2_11_wheel, broken, interpreter
+):
+    info = dict(interpreter)
     info.update(torch="2.11.0+cu130", cuda=True, gpu="Fake GPU", xdist=True)
     monkeypatch.setattr(gr, "probe", lambda python, extra: info)
     monkeypatch.setattr(
@@ -569,7 +577,7 @@ def test_the_job_with_the_gpu_faked(tmp_path, monkeypatch, rtx_2_11_wheel, broke
 
 
 def test_a_build_installed_with_its_dependencies_gets_a_venv_that_sees_the_interpreter(
-    tmp_path,
+    tmp_path, interpreter
 ):
     # A wheel that depends on pytest, which the interpreter has: pip must count it as installed
     wheel = tmp_path / "demo_pkg-1.0-py3-none-any.whl"
@@ -582,7 +590,7 @@ def test_a_build_installed_with_its_dependencies_gets_a_venv_that_sees_the_inter
         zf.writestr("demo_pkg-1.0.dist-info/METADATA", metadata)
         zf.writestr("demo_pkg-1.0.dist-info/WHEEL", tags)
         zf.writestr("demo_pkg-1.0.dist-info/RECORD", "")
-    info = gr.probe(sys.executable, [])
+    info = dict(interpreter)
     build = gr.install("patched", wheel, info, tmp_path, [], False, tmp_path / "log")
     assert build.python == str(tmp_path / "envs" / "patched" / "bin" / "python")
     installed = sorted(p.name for p in build.site.glob("*.dist-info"))
@@ -593,3 +601,27 @@ def test_a_build_installed_with_its_dependencies_gets_a_venv_that_sees_the_inter
     where, version = out.stdout.split()
     assert Path(where).parent.parent == build.site
     assert version == info["torch"]
+
+
+def test_wheels_and_release_must_fit_the_interpreter(
+    tmp_path, monkeypatch, capsys, interpreter
+):
+    info = dict(interpreter)
+    info.update(torch="2.11.0+cu130", cuda=True, gpu="Fake GPU")
+    monkeypatch.setattr(gr, "probe", lambda python, extra: info)
+    other = "cp39" if info["tag"] != "cp39" else "cp310"
+    wheel = (
+        tmp_path
+        / f"torch_tensorrt_rtx-2.11.0+offload.1-{other}-{other}-manylinux_2_28_x86_64.whl"
+    )
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(
+            "torch_tensorrt_rtx-2.11.0+offload.1.dist-info/PATCHES.json", '{"a": 1}'
+        )
+    args = ["--rtx", "--patched-wheel", str(wheel), "--workdir", str(tmp_path / "w")]
+    assert gr.main(args) == 2
+    assert "is not for this interpreter" in capsys.readouterr().err
+    info.update(torch="2.13.0+cu130")
+    assert gr.main(args) == 3
+    assert "release 2.11.0 is built for torch 2.11" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
