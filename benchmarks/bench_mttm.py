@@ -256,7 +256,7 @@ def _language_model(dims: ModelDims, seed: int) -> "torch.nn.Module":
         return LanguageModel().eval().half()
 
 
-def _mutable_module(model: "torch.nn.Module", offload: bool, **settings: Any) -> Any:
+def _mutable_module(model: "torch.nn.Module", offload: bool, **options: Any) -> Any:
     import dataclasses
 
     import torch_tensorrt
@@ -266,7 +266,7 @@ def _mutable_module(model: "torch.nn.Module", offload: bool, **settings: Any) ->
     # fp16 weights, fp16 engine; newer releases are always strongly typed and lack the field
     typing = {"use_explicit_typing": True} if "use_explicit_typing" in settings else {}
     return torch_tensorrt.MutableTorchTensorRTModule(
-        model, min_block_size=1, offload_module_to_cpu=offload, **typing, **settings
+        model, min_block_size=1, offload_module_to_cpu=offload, **typing, **options
     )
 
 
