@@ -13,10 +13,12 @@ import logging
 import os
 
 import pytest
-from conftest import base_wheel
-from mttm_harness import MTTM, load_mttm
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch")  # before mttm_harness, which imports torch
+
+from conftest import base_wheel  # noqa: E402
+from mttm_harness import MTTM, load_mttm  # noqa: E402
+
 nn = torch.nn
 
 @pytest.fixture

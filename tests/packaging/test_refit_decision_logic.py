@@ -11,9 +11,11 @@ import copy
 import os
 
 import pytest
-import torch
-from conftest import VERSIONS
-from mttm_harness import MTTM, Calls, load_mttm
+
+torch = pytest.importorskip("torch")  # before mttm_harness, which imports torch
+
+from conftest import VERSIONS  # noqa: E402
+from mttm_harness import MTTM, Calls, load_mttm  # noqa: E402
 
 nn = torch.nn
 

@@ -183,21 +183,69 @@ def test_series_lists_existing_patches(series):
         assert (series.parent / name).is_file(), f"{series}: {name} does not exist"
 
 
+def dep3_problems(header: str) -> list:
+    """What is wrong with a DEP-3 patch header (the text before the first ``---`` line)."""
+    lines = header.splitlines()
+    problems = []
+    if not lines or not re.match(r"^(Description|Subject): \S", lines[0]):
+        problems.append("the first line is not the Description")
+    elif len(lines[0]) > 80:
+        problems.append(f"first line of {len(lines[0])} characters (at most 80)")
+    fields = {}
+    for line in lines:
+        field = re.match(r"^([A-Za-z-]+): (.*)$", line)
+        if field:
+            fields[field.group(1)] = field.group(2).strip()
+        elif not re.match(r"^ \S", line):
+            problems.append(f"neither a field nor a continuation: {line!r}")
+    problems += [f"DEP-3 {f} missing" for f in DEP3_FIELDS if not fields.get(f)]
+    # Forwarded: no, not-needed, or where it was forwarded to (a URL; DEP-3 also allows yes)
+    forwarded = fields.get("Forwarded", "no")
+    if forwarded not in ("no", "not-needed", "yes") and not re.match(
+        r"^https?://\S+$", forwarded
+    ):
+        problems.append(f"Forwarded: {forwarded!r} is not a DEP-3 value")
+    origin = fields.get("Origin", "vendor")
+    if not re.match(
+        r"^((upstream|backport|vendor|other)(, \S+)?|https?://\S+)$", origin
+    ):
+        problems.append(f"Origin: {origin!r} is not a DEP-3 value")
+    if not re.match(r"^\d{4}-\d{2}-\d{2}$", fields.get("Last-Update", "2000-01-01")):
+        problems.append("Last-Update is not YYYY-MM-DD")
+    if not re.match(r"^https?://\S+$", fields.get("Bug", "https://x")):
+        problems.append("Bug is not a URL")
+    return problems
+
+
+GOOD_HEADER = (
+    "Description: short\n long\n .\n more\nAuthor: A <a@b>\nOrigin: vendor\n"
+    "Bug: https://example.org/1\nForwarded: no\nLast-Update: 2026-11-24"
+)
+
+
+@pytest.mark.parametrize(
+    "header,problem",
+    [
+        (GOOD_HEADER.replace("Forwarded: no", "Forwarded: maybe"), "Forwarded"),
+        (GOOD_HEADER.replace("Forwarded: no\n", ""), "Forwarded missing"),
+        (GOOD_HEADER.replace("short", "x" * 80), "first line of 93"),
+        ("Author: A <a@b>\n" + GOOD_HEADER, "first line is not the Description"),
+        (GOOD_HEADER.replace("Origin: vendor", "Origin: us"), "Origin"),
+        (GOOD_HEADER.replace("2026-11-24", "today"), "Last-Update"),
+        (GOOD_HEADER.replace(" long", "long"), "neither a field"),
+    ],
+)
+def test_dep3_check_finds_each_problem(header, problem):
+    assert dep3_problems(GOOD_HEADER) == []
+    found = dep3_problems(header)
+    assert len(found) == 1 and problem in found[0], found
+
+
 @pytest.mark.parametrize("patch", _all_patch_files(), ids=lambda p: p.name)
 def test_patch_has_dep3_header_and_git_paths(patch):
     text = patch.read_text()
     header = text.split("\n---\n", 1)[0]
-    for field in DEP3_FIELDS:
-        assert re.search(
-            rf"^{field}: \S", header, re.M
-        ), f"{patch.name}: DEP-3 {field} missing"
-    # DEP-3: a short description on the first line; Forwarded is no, not-needed, yes or a URL
-    first = header.splitlines()[0]
-    assert len(first) <= 80, f"{patch.name}: first line of {len(first)} characters"
-    forwarded = re.search(r"^Forwarded: (.*)$", header, re.M).group(1).strip()
-    assert forwarded in ("no", "not-needed", "yes") or re.match(
-        r"https?://", forwarded
-    ), f"{patch.name}: Forwarded: {forwarded!r} is not a DEP-3 value"
+    assert dep3_problems(header) == [], patch.name
     diffs = re.findall(r"^diff --git a/(\S+) b/(\S+)$", text, re.M)
     # Patches for release wheels touch only the package; upstream-only ones also its docs
     allowed = ("py/", "docsrc/") if patch.parent.name == "upstream-only" else ("py/",)
@@ -266,11 +314,34 @@ def test_keep_on_device_keyword_and_aligned_calls(patched_trees, variant, versio
     init, kwonly = _mttm_init(module)
     assert ast.unparse(kwonly["keep_on_device"]) == "()"
     assert "keep_on_device (Union[str, Iterable[str]])" in ast.get_docstring(init)
-    wrapper_call = next(
-        n
-        for n in ast.walk(module)
-        if isinstance(n, ast.FunctionDef)
-        and n.name == "__call__"
-        and "_call_where_weights_live" in ast.unparse(n)
+    assert _calls_route_modules_to_their_weights(module)
+
+
+def _calls_route_modules_to_their_weights(module: ast.Module) -> bool:
+    """Does the change-trigger wrapper's __call__ send module calls to _call_where_weights_live?"""
+    calls = [
+        f
+        for c in ast.walk(module)
+        if isinstance(c, ast.ClassDef) and c.name == "ChangeTriggerWrapper"
+        for f in c.body
+        if isinstance(f, ast.FunctionDef) and f.name == "__call__"
+    ]
+    assert len(calls) == 1, "no single ChangeTriggerWrapper.__call__"
+    first = calls[0].body[0]
+    return (
+        isinstance(first, ast.If)
+        and ast.unparse(first.test) == "isinstance(self.instance, torch.nn.Module)"
+        and ast.unparse(first.body[0])
+        == "return _call_where_weights_live(self.instance, path, *args, **kwargs)"
     )
-    assert wrapper_call is not None
+
+
+def test_release_calls_modules_as_they_are():
+    """The check above fails on the release, whose wrapper calls the module as it is."""
+    import zipfile
+
+    from conftest import base_wheel
+
+    with zipfile.ZipFile(base_wheel("torch_tensorrt", "2.14.0")) as zf:
+        source = zf.read(MTTM[len("py/") :]).decode()
+    assert not _calls_route_modules_to_their_weights(ast.parse(source))
