@@ -1,23 +1,46 @@
 """Build a patched Torch-TensorRT wheel from an official release wheel.
 
-This module is the whole build: a PEP 517 backend (``pip install .`` / ``pip wheel .``) and a
-command line (``python build_patched_wheel.py --help``). It
+This module is the whole build: a PEP 517 backend (``pip install .``, ``pip wheel .``,
+``python -m build``) and a command line (``python build_patched_wheel.py --help``). It
 
-1. picks the release (``TORCHTRT_BASE_VERSION``, else the one matching the installed torch's
-   X.Y, else the newest in ``upstream.toml``) and the variant (``USE_TRT_RTX=1`` selects
-   ``torch_tensorrt_rtx``, as in upstream's setup.py);
-2. gets the official wheel for the running Python and platform, through pip (the user's index
+1. picks the release (``TORCHTRT_BASE_VERSION``, else the one matching the X.Y of the torch that
+   this interpreter imports, else the newest in ``upstream.toml``) and the variant
+   (``USE_TRT_RTX=1`` selects ``torch_tensorrt_rtx``, as in upstream's setup.py);
+2. gets the official wheel for this Python and platform, through pip (the user's index
    configuration applies, pip checks the index's digest) or from ``TORCHTRT_BASE_WHEEL``, and
-   refuses it unless its sha256 is the one recorded in ``upstream.toml``;
+   refuses it unless its sha256 is the one recorded in ``upstream.toml`` and its tags are ones
+   this interpreter installs (``--any-platform`` on the command line builds for another machine);
 3. applies the quilt series in ``patches/`` (``patches/X.Y/series`` where a release line needs its
    own hunks; ``--patches-dir patches/staging`` for the patches not yet validated on a GPU) with
    ``git apply`` in a scratch repository, never with fuzz, and checks that every patch changed
    every file it names (CRLF sources of Windows wheels are patched as LF and restored);
 4. writes ``<dist>-X.Y.Z+<label>-<tags>.whl``: the release's files with the patches, its METADATA
-   with only the version changed, a new RECORD, and ``PATCHES.json`` (base wheel, its sha256,
-   the series and each patch's sha256) in the dist-info.
+   and ``torch_tensorrt/_version.py`` with only the version changed, a new RECORD, and
+   ``PATCHES.json`` (base wheel, its sha256, the series and each patch's sha256) in the dist-info.
 
 Any failure raises ``BuildError`` with one message and leaves no wheel behind.
+
+Reproducible: the same inputs give the same bytes. Entries keep the release wheel's order and
+timestamps, added ones take its newest timestamp, and ``SOURCE_DATE_EPOCH`` (when set) stamps
+them all; nothing records the time of the build.
+
+Dependencies: none beyond the standard library (and tomli on Python 3.10). The offline route,
+``PIP_NO_INDEX=1 TORCHTRT_BASE_WHEEL=... pip install .``, runs this backend in pip's build
+isolation with no index, where no build requirement can be installed: ``build-system.requires``
+is empty and ``get_requires_for_build_wheel`` asks for pip only when the release wheel must be
+downloaded. So ``packaging`` and ``wheel`` are not imported here: the wheel is written with
+zipfile and a RECORD of hashes, and names are split by a regular expression; the formats are
+small and fixed, and the tests check the result with ``packaging``. The one thing
+not written here is the list of tags this interpreter installs (the manylinux and glibc rules):
+it comes from ``packaging.tags.sys_tags()``, run by this interpreter outside pip's isolation,
+where the user's ``packaging`` or, failing that, the copy vendored in the user's pip provides it
+(``_probe_interpreter``); where neither exists, ``get_requires_for_build_wheel`` asks for
+``packaging``.
+
+``build_sdist`` writes this directory's build inputs (this module, ``pyproject.toml``,
+``upstream.toml``, ``patches/``, README) as ``torch_tensorrt_offload-0+offload.<hash>.tar.gz``;
+the wheel built from it is named after the release it patches. Editable installs are refused:
+the installed files are the release's, patched at build time; there is no source tree to link.
 """
 
 from __future__ import annotations
@@ -25,6 +48,8 @@ from __future__ import annotations
 import argparse
 import base64
 import csv
+import functools
+import gzip
 import hashlib
 import io
 import json
@@ -33,7 +58,9 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +76,13 @@ PATCHES_DIR = ROOT / "patches"
 UPSTREAM_TOML = ROOT / "upstream.toml"
 VARIANTS = ("torch_tensorrt", "torch_tensorrt_rtx")
 PROVENANCE_FILE = "PATCHES.json"
+VERSION_FILE = "torch_tensorrt/_version.py"
 # Patches are written against the upstream repository, whose Python package lives under py/.
 UPSTREAM_PACKAGE_PREFIX = "py/"
+SDIST_NAME = "torch_tensorrt_offload"
+SDIST_FILES = ("README.md", "build_patched_wheel.py", "pyproject.toml", "upstream.toml")
+# 1980-01-01, the earliest time a zip archive can hold
+ZIP_EPOCH = 315532800
 
 
 class BuildError(Exception):
@@ -94,23 +126,87 @@ def version_key(version: str) -> Tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
 
-def installed_torch_version() -> Optional[str]:
-    """The torch version of the interpreter running the build, or None.
+# --------------------------------------------------------------------------------------------
+# The interpreter the wheel is for, and the release and variant to patch
 
-    pip builds in an isolated environment that hides the target's site-packages; ``python -I``
-    ignores the PYTHONPATH that pip uses for that and sees the interpreter's own packages.
+
+def _user_environment() -> Dict[str, str]:
+    """This process's environment without what pip's build isolation adds to it.
+
+    pip's isolation puts on ``PYTHONPATH`` a directory whose sitecustomize.py hides the
+    interpreter's site-packages, and sets ``PYTHONNOUSERSITE``; without both, a child interpreter
+    imports what the user's does. The ``PYTHONPATH`` the user had is lost (pip replaced it): a
+    torch found only through it is seen by the command line and by ``pip install
+    --no-build-isolation .``. Anywhere else the environment is returned unchanged.
     """
-    code = "import importlib.metadata as m; print(m.version('torch'))"
+    env = dict(os.environ)
+    entries = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    isolation = [
+        p
+        for p in entries
+        if Path(p).name == "site"
+        and Path(p).parent.name.startswith("pip-build-env-")
+        and (Path(p) / "sitecustomize.py").is_file()
+    ]
+    if isolation:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in entries if p not in isolation)
+        env.pop("PYTHONNOUSERSITE", None)
+    return env
+
+
+_PROBE = """
+import sys
+sys.path[:] = [p for p in sys.path if p]  # not the current directory
+import importlib.metadata, json
+try:
+    torch = importlib.metadata.version("torch")
+except importlib.metadata.PackageNotFoundError:
+    torch = None
+try:
+    from packaging.tags import sys_tags
+except ImportError:
+    try:
+        from pip._vendor.packaging.tags import sys_tags
+    except ImportError:
+        sys_tags = list
+print(json.dumps({"torch": torch, "tags": [str(tag) for tag in sys_tags()]}))
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_interpreter() -> Tuple[Optional[str], Tuple[str, ...]]:
+    """(torch version, wheel tags best first) of this interpreter as the user runs it."""
     try:
         out = subprocess.run(
-            [sys.executable, "-I", "-c", code],
+            [sys.executable, "-c", _PROBE],
+            env=_user_environment(),
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=120,
         )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+        found = json.loads((out.stdout.strip().splitlines() or ["null"])[-1])
+        return found["torch"], tuple(found["tags"])
+    except (OSError, subprocess.SubprocessError, ValueError, TypeError, KeyError):
+        raise BuildError(
+            f"{sys.executable} could not say which torch it imports and which wheels it "
+            "installs; run it alone to see why"
+        ) from None
+
+
+def installed_torch_version() -> Optional[str]:
+    """The version of the torch this interpreter imports (user site included), or None."""
+    return _probe_interpreter()[0]
+
+
+def interpreter_tags() -> Tuple[str, ...]:
+    """The wheel tags this interpreter installs, best first (``packaging.tags.sys_tags()``)."""
+    tags = _probe_interpreter()[1]
+    if not tags:
+        raise BuildError(
+            f"cannot tell which wheels {sys.executable} installs: neither packaging nor pip is "
+            "installed for it; install packaging"
+        )
+    return tags
 
 
 def choose_version(
@@ -146,11 +242,38 @@ def choose_variant(use_trt_rtx: Optional[str]) -> str:
 
 
 def parse_wheel_name(name: str) -> Tuple[str, str, str]:
-    """Split ``dist-version-tags.whl`` into (dist, version, tags)."""
-    match = re.match(r"^([A-Za-z0-9_]+)-([^-]+)-(.+)\.whl$", name)
+    """Split ``dist-version-python-abi-platform.whl`` into (dist, version, tags)."""
+    match = re.match(r"^([A-Za-z0-9_]+)-([^-]+)-([^-]+-[^-]+-[^-]+)\.whl$", name)
     if not match:
         raise BuildError(f"{name} is not a wheel file name")
     return match.group(1), match.group(2), match.group(3)
+
+
+def wheel_tags(name: str) -> List[str]:
+    """Every tag a wheel file name declares (``py2.py3-none-any`` declares two)."""
+    python, abi, platform = parse_wheel_name(name)[2].split("-")
+    return [
+        f"{p}-{a}-{t}"
+        for p in python.split(".")
+        for a in abi.split(".")
+        for t in platform.split(".")
+    ]
+
+
+def check_tags(name: str, tags: Sequence[str], recorded: Sequence[str]) -> None:
+    """Refuse wheel ``name`` unless one of its tags is in ``tags`` (this interpreter's)."""
+    if set(wheel_tags(name)) & set(tags):
+        return
+    fitting = [w for w in sorted(recorded) if set(wheel_tags(w)) & set(tags)]
+    raise BuildError(
+        f"{name} is for {parse_wheel_name(name)[2]}, which this Python ({sys.executable}) does "
+        f"not install: its tags are {tags[0]} and {len(tags) - 1} more; "
+        + (
+            f"the official wheel for it is {fitting[0]}"
+            if fitting
+            else "this release has no official wheel for it"
+        )
+    )
 
 
 def sha256_of(path: Path) -> str:
@@ -166,8 +289,12 @@ def check_base_wheel(
     releases: Dict[str, dict],
     version: Optional[str],
     variant: Optional[str],
+    tags: Optional[Sequence[str]] = None,
 ) -> Tuple[str, str, str]:
-    """Check that ``wheel`` is a recorded official wheel; return (variant, version, sha256)."""
+    """Check that ``wheel`` is a recorded official wheel; return (variant, version, sha256).
+
+    With ``tags`` (this interpreter's), also that it is a wheel this interpreter installs.
+    """
     if not wheel.is_file():
         raise BuildError(f"base wheel {wheel} does not exist")
     dist, wheel_version, _ = parse_wheel_name(wheel.name)
@@ -191,6 +318,8 @@ def check_base_wheel(
             f"{wheel.name}: release {wheel_version} is not supported; supported releases: "
             + ", ".join(sorted(releases, key=version_key))
         )
+    if tags is not None:
+        check_tags(wheel.name, tags, list(releases[wheel_version].get(dist, {})))
     try:
         with zipfile.ZipFile(wheel) as zf:
             if not any(n.startswith("torch_tensorrt/") for n in zf.namelist()):
@@ -382,14 +511,43 @@ def local_label(patches: Sequence[Patch]) -> str:
     return "offload." + digest.hexdigest()[:8]
 
 
+def source_date_epoch() -> Optional[int]:
+    """``SOURCE_DATE_EPOCH`` (not before 1980, the earliest a zip holds), or None when unset."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not value:
+        return None
+    if not value.isdigit():
+        raise BuildError(
+            f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds since 1970"
+        )
+    return max(int(value), ZIP_EPOCH)
+
+
+def _set_version(data: bytes, pattern: str, old: str, new: str, what: str) -> bytes:
+    """Replace version ``old`` in the one line of ``data`` that ``pattern`` (with {v}) matches."""
+    text = data.decode("utf-8")
+    found = list(re.finditer(pattern.format(v=re.escape(old)), text, flags=re.M))
+    if len(found) != 1:
+        raise BuildError(f"{what} does not state version {old} once")
+    start, end = found[0].span()
+    return (text[:start] + text[start:end].replace(old, new) + text[end:]).encode(
+        "utf-8"
+    )
+
+
 def write_patched_wheel(
     base: Path,
     patched_tree: Path,
     out_dir: Path,
     label: str,
     provenance: dict,
+    epoch: Optional[int] = None,
 ) -> Path:
-    """Write the release wheel's files, with those under ``patched_tree`` replaced, re-versioned."""
+    """Write the release wheel's files, with those under ``patched_tree`` replaced, re-versioned.
+
+    Entries keep the base wheel's order and timestamps; ``epoch`` (seconds) replaces them all.
+    """
+    date_time = time.gmtime(epoch)[:6] if epoch is not None else None
     dist, version, tags = parse_wheel_name(base.name)
     new_version = f"{version}+{label}"
     old_info, new_info = (
@@ -402,45 +560,52 @@ def write_patched_wheel(
     with zipfile.ZipFile(base) as src, zipfile.ZipFile(
         tmp, "w", compression=zipfile.ZIP_DEFLATED
     ) as dst:
-        for info in src.infolist():
-            if info.is_dir():
-                continue
+
+        def add(arcname: str, data: bytes, like: zipfile.ZipInfo) -> None:
+            entry = zipfile.ZipInfo(arcname, date_time=date_time or like.date_time)
+            entry.external_attr = like.external_attr
+            entry.create_system = like.create_system
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            dst.writestr(entry, data)
+            records.append((arcname, _record_hash(data), str(len(data))))
+
+        infos = [
+            info
+            for info in src.infolist()
+            if not info.is_dir() and info.filename != old_info + "RECORD"
+        ]
+        for info in infos:
             arcname = info.filename
-            if arcname == old_info + "RECORD":
-                continue
             data = src.read(info)
             patched = patched_tree / arcname
             if arcname.startswith("torch_tensorrt/") and patched.is_file():
                 data = patched.read_bytes()
+            if arcname == VERSION_FILE:
+                data = _set_version(
+                    data, '^__version__ = "{v}"', version, new_version, arcname
+                )
             if arcname.startswith(old_info):
                 arcname = new_info + arcname[len(old_info) :]
                 if arcname == new_info + "METADATA":
-                    text = data.decode("utf-8")
-                    text, count = re.subn(
-                        r"^Version: .*$",
-                        f"Version: {new_version}",
-                        text,
-                        count=1,
-                        flags=re.M,
+                    data = _set_version(
+                        data,
+                        r"^Version: {v}(?=\r?$)",
+                        version,
+                        new_version,
+                        base.name + " METADATA",
                     )
-                    if count != 1:
-                        raise BuildError(f"{base.name}: METADATA has no Version field")
-                    data = text.encode("utf-8")
-            new_info_entry = zipfile.ZipInfo(arcname, date_time=info.date_time)
-            new_info_entry.external_attr = info.external_attr
-            new_info_entry.compress_type = zipfile.ZIP_DEFLATED
-            dst.writestr(new_info_entry, data)
-            records.append((arcname, _record_hash(data), str(len(data))))
+            add(arcname, data, info)
+        if VERSION_FILE not in src.namelist():
+            raise BuildError(f"{base.name} holds no {VERSION_FILE}")
+        # Added files: the newest timestamp of the release's, mode rw-r--r--
+        added = zipfile.ZipInfo("", date_time=max(i.date_time for i in infos))
+        added.external_attr, added.create_system = 0o644 << 16, 3
         extra = json.dumps(provenance, indent=2, sort_keys=True).encode("utf-8") + b"\n"
-        dst.writestr(new_info + PROVENANCE_FILE, extra)
-        records.append(
-            (new_info + PROVENANCE_FILE, _record_hash(extra), str(len(extra)))
-        )
+        add(new_info + PROVENANCE_FILE, extra, added)
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerows(records)
-        writer.writerow((new_info + "RECORD", "", ""))
-        dst.writestr(new_info + "RECORD", buffer.getvalue())
+        writer.writerows(records + [(new_info + "RECORD", "", "")])
+        add(new_info + "RECORD", buffer.getvalue().encode("utf-8"), added)
     final = out_dir / name
     tmp.replace(final)
     return final
@@ -454,9 +619,15 @@ def build(
     base_wheel: Optional[str] = None,
     patches_dir: Path = PATCHES_DIR,
     upstream_toml: Path = UPSTREAM_TOML,
+    any_platform: bool = False,
 ) -> Path:
-    """Build the patched wheel into ``out_dir`` and return its path."""
+    """Build the patched wheel into ``out_dir`` and return its path.
+
+    ``any_platform`` accepts a base wheel that this interpreter does not install.
+    """
     releases = load_upstream(upstream_toml)
+    epoch = source_date_epoch()
+    tags = None if any_platform else interpreter_tags()
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="torchtrt-patch-") as scratch_name:
         scratch = Path(scratch_name)
@@ -464,7 +635,7 @@ def build(
             variant = choose_variant(use_trt_rtx) if use_trt_rtx else None
             wheel = Path(base_wheel).expanduser().resolve()
             variant, version, digest = check_base_wheel(
-                wheel, releases, base_version, variant
+                wheel, releases, base_version, variant, tags
             )
         else:
             variant = choose_variant(use_trt_rtx)
@@ -476,7 +647,7 @@ def build(
             download_dir.mkdir()
             wheel = download_base_wheel(variant, version, digests, download_dir)
             variant, version, digest = check_base_wheel(
-                wheel, releases, version, variant
+                wheel, releases, version, variant, tags
             )
         series, patches = series_for(version, patches_dir)
         tree = scratch / "upstream"
@@ -496,7 +667,7 @@ def build(
         label = local_label(patches)
         # Write in the scratch directory and move at the end, so a failure leaves no wheel.
         built = write_patched_wheel(
-            wheel, tree / UPSTREAM_PACKAGE_PREFIX, scratch, label, provenance
+            wheel, tree / UPSTREAM_PACKAGE_PREFIX, scratch, label, provenance, epoch
         )
         final = out_dir / built.name
         shutil.move(str(built), str(final))
@@ -520,9 +691,74 @@ def build_from_environment(out_dir: Path) -> Path:
     )
 
 
+def sdist_files(root: Path = ROOT) -> List[str]:
+    """What the backend reads, relative to ``root``: the files ``build_sdist`` ships."""
+    missing = [name for name in SDIST_FILES if not (root / name).is_file()]
+    if missing:
+        raise BuildError(f"{root} lacks " + ", ".join(missing))
+    patches = [
+        path.relative_to(root).as_posix()
+        for path in (root / "patches").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.name[0] != "."
+    ]
+    return sorted(SDIST_FILES + tuple(patches))
+
+
+def write_sdist(out_dir: Path, root: Path = ROOT) -> Path:
+    """``torch_tensorrt_offload-0+offload.<hash of the files>.tar.gz``, reproducibly."""
+    files = sdist_files(root)
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(name.encode("utf-8") + b"\0" + (root / name).read_bytes() + b"\0")
+    version = "0+offload." + digest.hexdigest()[:8]
+    top = f"{SDIST_NAME}-{version}"
+    pkg_info = (
+        f"Metadata-Version: 2.2\nName: {SDIST_NAME}\nVersion: {version}\n"
+        "Summary: The official Torch-TensorRT release wheel, rebuilt with patches applied\n"
+    ).encode("utf-8")
+    mtime = source_date_epoch() or ZIP_EPOCH
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{top}.tar.gz"
+    tmp = out_dir / f"{top}.tar.gz.part"
+    try:
+        with tmp.open("wb") as raw, gzip.GzipFile(
+            filename="", mode="wb", fileobj=raw, mtime=mtime
+        ) as gz, tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name in ["PKG-INFO"] + files:
+                data = pkg_info if name == "PKG-INFO" else (root / name).read_bytes()
+                info = tarfile.TarInfo(f"{top}/{name}")
+                info.size, info.mtime, info.mode = len(data), mtime, 0o644
+                tar.addfile(info, io.BytesIO(data))
+        tmp.replace(final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
+
+
 # --------------------------------------------------------------------------------------------
 # PEP 517 backend. prepare_metadata_for_build_wheel is deliberately absent: pip then takes the
 # metadata from the wheel that build_wheel returns, which is the only metadata that is right.
+
+
+def _hook(run):
+    """Run a hook; a BuildError becomes one line on stderr and exit status 1, shown by pip."""
+    try:
+        return run()
+    except BuildError as e:
+        sys.stderr.write(f"\nerror: {e}\n\n")
+        raise SystemExit(1) from None
+
+
+def get_requires_for_build_wheel(config_settings: Optional[dict] = None) -> List[str]:
+    """pip to download the release wheel; nothing when ``TORCHTRT_BASE_WHEEL`` names it, so the
+    offline route needs no index. packaging where this interpreter has neither it nor pip.
+    """
+
+    def requires() -> List[str]:
+        needed = [] if os.environ.get("TORCHTRT_BASE_WHEEL") else ["pip"]
+        return needed + ([] if _probe_interpreter()[1] else ["packaging"])
+
+    return _hook(requires)
 
 
 def build_wheel(
@@ -530,12 +766,37 @@ def build_wheel(
     config_settings: Optional[dict] = None,
     metadata_directory: Optional[str] = None,
 ) -> str:
-    try:
-        return build_from_environment(Path(wheel_directory)).name
-    except BuildError as e:
-        # One line, readable in pip's output; pip reports the non-zero exit itself.
-        sys.stderr.write(f"\nerror: {e}\n\n")
-        raise SystemExit(1) from None
+    return _hook(lambda: build_from_environment(Path(wheel_directory)).name)
+
+
+def get_requires_for_build_sdist(config_settings: Optional[dict] = None) -> List[str]:
+    return []
+
+
+def build_sdist(sdist_directory: str, config_settings: Optional[dict] = None) -> str:
+    return _hook(lambda: write_sdist(Path(sdist_directory)).name)
+
+
+def _refuse_editable() -> None:
+    raise BuildError(
+        "editable installs are not possible: the installed files are the official release's, "
+        "patched when the wheel is built, so there is no source tree to link to; "
+        "run `pip install .` again after changing patches/"
+    )
+
+
+def get_requires_for_build_editable(
+    config_settings: Optional[dict] = None,
+) -> List[str]:
+    return _hook(_refuse_editable)
+
+
+def build_editable(
+    wheel_directory: str,
+    config_settings: Optional[dict] = None,
+    metadata_directory: Optional[str] = None,
+) -> str:
+    return _hook(_refuse_editable)
 
 
 # --------------------------------------------------------------------------------------------
@@ -555,6 +816,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--rtx", action="store_true", help="torch_tensorrt_rtx (USE_TRT_RTX=1)"
     )
     parser.add_argument(
+        "--any-platform",
+        action="store_true",
+        help="accept a base wheel for another Python or platform (a wheel for another machine)",
+    )
+    parser.add_argument(
         "--patches-dir",
         default=str(PATCHES_DIR),
         help="directory of the series to apply (default: patches/; patches/staging for "
@@ -568,6 +834,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             use_trt_rtx="1" if args.rtx else os.environ.get("USE_TRT_RTX"),
             base_wheel=args.base_wheel or os.environ.get("TORCHTRT_BASE_WHEEL"),
             patches_dir=Path(args.patches_dir),
+            any_platform=args.any_platform,
         )
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)

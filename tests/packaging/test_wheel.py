@@ -13,9 +13,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import RELEASES, ROOT, bpw
+from conftest import RELEASES, ROOT, bpw, platform_wheel
+from packaging.utils import parse_wheel_filename
+from packaging.version import Version
 
 MTTM = "torch_tensorrt/dynamo/runtime/_MutableTorchTensorRTModule.py"
+VERSION_FILE = "torch_tensorrt/_version.py"
 
 
 def _record_ok(zf: zipfile.ZipFile, info_dir: str) -> None:
@@ -47,6 +50,13 @@ def test_wheel_name_metadata_record_and_provenance(rtx_wheel, rtx_2_11_wheel):
     _, patches = bpw.series_for("2.11.0")
     label = bpw.local_label(patches)
     assert rtx_wheel.name == rtx_2_11_wheel.name.replace("2.11.0", f"2.11.0+{label}", 1)
+    name, version, build_tag, tags = parse_wheel_filename(rtx_wheel.name)
+    assert (name, version, build_tag) == (
+        "torch-tensorrt-rtx",
+        Version(f"2.11.0+{label}"),
+        (),
+    )
+    assert tags == parse_wheel_filename(rtx_2_11_wheel.name)[3]
     info = f"torch_tensorrt_rtx-2.11.0+{label}.dist-info/"
     with zipfile.ZipFile(rtx_wheel) as new, zipfile.ZipFile(rtx_2_11_wheel) as old:
         _record_ok(new, info)
@@ -60,12 +70,14 @@ def test_wheel_name_metadata_record_and_provenance(rtx_wheel, rtx_2_11_wheel):
         assert provenance["base_wheel"] == rtx_2_11_wheel.name
         assert provenance["base_sha256"] == bpw.sha256_of(rtx_2_11_wheel)
         assert provenance["series"] == "2.11/series"
-        assert [p["name"] for p in provenance["patches"]] == [
-            "0001-deallocate_module-noop-without-cuda-tensors.patch",
-            "2.11/0002-mutable-module-offload-only-when-asked.patch",
-            "2.11/0003-mutable-module-keep-on-device-and-aligned-calls.patch",
-            "0004-mutable-module-refit-decision-from-weights.patch",
+        # Named relative to patches/, in the order of the series file
+        assert [(p["name"], p["sha256"]) for p in provenance["patches"]] == [
+            (p.path.relative_to(ROOT / "patches").as_posix(), bpw.sha256_of(p.path))
+            for p in patches
         ]
+        assert provenance["patches"][1]["name"] == (
+            "2.11/0002-mutable-module-offload-only-when-asked.patch"
+        )
         changed = {
             n
             for n in old.namelist()
@@ -73,7 +85,16 @@ def test_wheel_name_metadata_record_and_provenance(rtx_wheel, rtx_2_11_wheel):
             and not n.endswith("/")
             and old.read(n) != new.read(n)
         }
-        assert changed == {MTTM, "torch_tensorrt/dynamo/utils.py"}
+        # Exactly the files the patches name, and the version
+        named = {n[len("py/") :] for p in patches for n in p.files()}
+        assert {MTTM, "torch_tensorrt/dynamo/utils.py"} <= named
+        assert changed == named | {VERSION_FILE}
+        # __version__ is the installed version; the rest of _version.py is the release's
+        assert new.read(VERSION_FILE).decode() == old.read(
+            VERSION_FILE
+        ).decode().replace(
+            '__version__ = "2.11.0"\n', f'__version__ = "2.11.0+{label}"\n', 1
+        )
         assert "offload_module_to_cpu: bool = _defaults.OFFLOAD_MODULE_TO_CPU" in (
             new.read(MTTM).decode()
         )
@@ -243,6 +264,46 @@ def test_wheel_and_variant_disagree(tmp_path, rtx_2_11_wheel):
     )
 
 
+WINDOWS_WHEEL = "torch_tensorrt-2.14.0-cp311-cp311-win_amd64.whl"
+
+
+def test_wheel_for_another_platform(tmp_path):
+    """An official wheel this interpreter does not install: refused unless --any-platform."""
+    base = platform_wheel(WINDOWS_WHEEL)
+    result = _cli(tmp_path, "--base-wheel", str(base))
+    tags = bpw.interpreter_tags()
+    _assert_failed(
+        result,
+        f"{WINDOWS_WHEEL} is for cp311-cp311-win_amd64, which this Python",
+        f"its tags are {tags[0]} and {len(tags) - 1} more",
+        out=tmp_path,
+    )
+
+
+def test_wheel_for_another_python(tmp_path):
+    """The tags are checked before the file is read: a wheel named for another CPython."""
+    ours = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    other = "cp39" if ours != "cp39" else "cp38"
+    fake = tmp_path / f"torch_tensorrt-2.14.0-{other}-{other}-manylinux_2_28_x86_64.whl"
+    fake.write_bytes(b"not read")
+    result = _cli(tmp_path, "--base-wheel", str(fake))
+    _assert_failed(
+        result,
+        f"is for {other}-{other}-manylinux_2_28_x86_64, which this Python",
+        "the official wheel for it is torch_tensorrt-2.14.0-" + ours,
+        out=tmp_path / "out",
+    )
+
+
+def test_source_date_epoch_that_is_not_a_number(tmp_path, rtx_2_11_wheel):
+    result = _cli(
+        tmp_path, "--base-wheel", str(rtx_2_11_wheel), SOURCE_DATE_EPOCH="yesterday"
+    )
+    _assert_failed(
+        result, "SOURCE_DATE_EPOCH='yesterday' is not a whole number", out=tmp_path
+    )
+
+
 def test_patch_that_does_not_apply_names_patch_file_and_hunk(tmp_path, rtx_2_11_wheel):
     patches = tmp_path / "patches"
     shutil.copytree(ROOT / "patches", patches)
@@ -331,15 +392,14 @@ def test_pip_wheel_defaults_to_the_release_of_the_installed_torch(tmp_path):
 
 def test_windows_wheel_with_crlf_sources_is_patched_and_keeps_crlf(tmp_path):
     """Windows wheels ship CRLF sources; the LF patches must apply and CRLF must stay."""
-    from conftest import platform_wheel
-
-    base = platform_wheel("torch_tensorrt-2.14.0-cp311-cp311-win_amd64.whl")
+    base = platform_wheel(WINDOWS_WHEEL)
     with zipfile.ZipFile(base) as zf:
         assert b"\r\n" in zf.read(MTTM), "this wheel no longer ships CRLF: test moot"
-    wheel = bpw.build(tmp_path / "out", base_wheel=str(base))
+    wheel = bpw.build(tmp_path / "out", base_wheel=str(base), any_platform=True)
     assert wheel.name.endswith("-cp311-cp311-win_amd64.whl")
     with zipfile.ZipFile(wheel) as zf:
         source = zf.read(MTTM)
+        version_file = zf.read(VERSION_FILE)
         _record_ok(
             zf,
             wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info/",
@@ -348,3 +408,5 @@ def test_windows_wheel_with_crlf_sources_is_patched_and_keeps_crlf(tmp_path):
     assert source.count(b"\n") == source.count(
         b"\r\n"
     ), "line endings were not restored"
+    assert version_file.startswith(b'__version__ = "2.14.0+offload.')
+    assert version_file.count(b"\n") == version_file.count(b"\r\n")
