@@ -27,7 +27,6 @@ if not torch.cuda.is_available():
     pytest.skip("CUDA is not available", allow_module_level=True)
 
 import torch_tensorrt as torch_trt
-
 from torch_tensorrt.dynamo.utils import COSINE_THRESHOLD, cosine_similarity
 
 DEVICE = torch.device("cuda:0")
@@ -293,7 +292,7 @@ def test_module_saved_without_the_setting_loads_with_the_default():
     """A module saved by a release without the keyword loads with offloading off."""
     model = _make_model()
     mttm = _compile(model, False)
-    mttm.__dict__.pop("offload_module_to_cpu")  # as pickled by an unpatched release
+    mttm.__dict__.pop("offload_module_to_cpu")  # as pickled before the setting existed
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "mutable.pkl")
         torch_trt.MutableTorchTensorRTModule.save(mttm, path)
@@ -368,8 +367,7 @@ def test_offload_frees_the_model_weights_on_the_device():
 
     # Refit: the model stays offloaded and the exported program keeps no device copy of the
     # weights (released Torch-TensorRT left its whole state dict on the device). The device memory
-    # in use after the refit is printed, not asserted: part of it is held outside this module
-    # (docs/gpu-validation.md has the figures).
+    # in use after the refit is printed, not asserted: part of it is held outside this module.
     allocated_after_compile = torch.cuda.memory_allocated()
     offloaded.load_state_dict(_make_model(seed=1).cpu().state_dict())
     reference = _make_model(seed=1)

@@ -236,7 +236,7 @@ def test_changes_of_nothing_stay_live(counted, touch, offload):
 
 
 def test_same_storage_rewrap_is_live_at_the_check(counted):
-    # As upstream's test_resnet18_modify_attribute_no_refit, on this model
+    # As test_resnet18_modify_attribute_no_refit in test_mutable_torchtrt_module.py, on this model
     model, mttm, x = _compiled(counted)
     mttm.layers[0].fc1.weight = nn.Parameter(mttm.original_model.layers[0].fc1.weight)
     assert mttm.refit_state.get_state() == RefitFlag.UNKNOWN
