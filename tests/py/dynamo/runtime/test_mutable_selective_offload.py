@@ -139,3 +139,17 @@ def test_weights_tied_to_a_kept_submodule_stay_on_device():
         mttm(model.embed_tokens(_input_ids()))
     assert model.lm_head.weight.is_cuda and model.embed_tokens.weight.is_cuda
     assert model.layers[0].fc1.weight.device.type == "cpu"
+
+
+def test_submodule_the_user_put_on_the_cpu_is_not_aligned():
+    """Only submodules that the module offloaded run on the CPU for CUDA inputs; others raise, naming it."""
+    model = _make_model()
+    reference = copy.deepcopy(model)
+    mttm = torch_trt.MutableTorchTensorRTModule(model, min_block_size=1)
+    with torch.no_grad():
+        mttm(reference.embed_tokens(_input_ids()))
+    model.norm.to("cpu")  # the user's own placement, not an offload
+    hidden = torch.randn(2, 4, HIDDEN, device="cuda")
+    with pytest.raises(RuntimeError, match=r"norm \(LayerNorm\).*cuda:0.*CPU"):
+        with torch.no_grad():
+            mttm.norm(hidden)
