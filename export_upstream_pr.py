@@ -155,6 +155,12 @@ PULL_REQUESTS: Tuple[PullRequest, ...] = (
                 "test: fast refit path of MutableTorchTensorRTModule",
                 "GPU tests of the fast refit path of MutableTorchTensorRTModule.",
             ),
+            TestFile(
+                "tests/py/dynamo/runtime/test_mutable_fast_refit_attacks.py",
+                "test: refits in place against every way of changing a weight",
+                "Converters, weight name maps that pair by value, CUDA graphs, graph breaks,\n"
+                "dtypes, offloading and save/load against the refit in place.",
+            ),
         ),
         stacked_on="refit-decision",
     ),

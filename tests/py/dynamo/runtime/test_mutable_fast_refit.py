@@ -160,7 +160,7 @@ def test_refit_in_place_matches_full_refit_bitwise(use_python_runtime, caplog):
     fast = _compile(model, inputs, use_python_runtime)
     full = _compile(twin, inputs, use_python_runtime)
     # No engine weight is refitted in place: every change takes the full refit
-    full._refit_plan = ({}, {})
+    full._refit_plan = ({}, {}, None)
     before = _pytorch_output(model, inputs)
     _change_lora(model)
     _change_lora(twin)
