@@ -156,6 +156,12 @@ PULL_REQUESTS: Tuple[PullRequest, ...] = (
                 "GPU tests of the fast refit path of MutableTorchTensorRTModule.",
             ),
             TestFile(
+                "tests/py/dynamo/runtime/test_mutable_second_gpu.py",
+                "test: MutableTorchTensorRTModule on the second GPU",
+                "Compile, refit, offload, keep_on_device and load with the model on cuda:1\n"
+                "while cuda:0 is the current device.",
+            ),
+            TestFile(
                 "tests/py/dynamo/runtime/test_mutable_fast_refit_attacks.py",
                 "test: refits in place against every way of changing a weight",
                 "Converters, weight name maps that pair by value, CUDA graphs, graph breaks,\n"
