@@ -190,10 +190,33 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             name, sep, site = spec.partition("=")
             if not sep or not name or not site:
                 parser.error(f"--build takes NAME=SITE_DIR, got {spec!r}")
+            if not os.path.isfile(os.path.join(site, "torch_tensorrt", "__init__.py")):
+                parser.error(f"--build {spec}: {site} holds no torch_tensorrt package")
             builds.append((name, site))
         if len(builds) < 1:
             parser.error("give at least one --build NAME=SITE_DIR")
         args.builds = builds
+    modes = [
+        flag
+        for flag, on in (
+            ("--refit-costs", args.refit_costs),
+            ("--aligned-lookup", args.aligned_lookup),
+            ("--memory-breakdown", args.memory_breakdown),
+            ("--decision-seeds", args.decision_seeds > 0),
+        )
+        if on
+    ]
+    if len(modes) > 1:
+        parser.error(f"choose one of {', '.join(modes)}")
+    if modes and not args.worker and (args.processes != 1 or args.forward_only):
+        parser.error(
+            f"--processes and --forward-only apply to the lifecycle tables, not {modes[0]}"
+        )
+    if not args.refit_costs and (args.refits or args.runtimes != ["python", "cpp"]):
+        if not args.worker:
+            parser.error("--refits and --runtimes apply to --refit-costs only")
+    if args.refits < 0:
+        parser.error("--refits must not be negative")
     if (
         args.iters < 1
         or args.repeats < 1
@@ -934,13 +957,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             flags.append("--memory-breakdown")
         if args.decision_seeds:
             flags += ["--decision-seeds", str(args.decision_seeds)]
+        rows = []
         for size, offload in cases:
             for name, site in args.builds:
                 r = run_worker(
                     site, args.extra_path, size, offload, flags, args.worker_timeout
                 )
                 print(f"{name} offload={offload}: {json.dumps(r)}", flush=True)
-        return 0
+                r.update(build=name, size=size, offload=offload)
+                rows.append(r)
+                if args.json:
+                    with open(args.json, "w") as f:
+                        json.dump({"builds": args.builds, "results": rows}, f, indent=2)
+        # A worker that failed makes the run fail
+        return 1 if any("error" in r for r in rows) else 0
     if args.forward_only:
         flags.append("--forward-only")
     results = []
@@ -966,7 +996,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 {"builds": args.builds, "results": results}, f, indent=2
                             )
     print(table(results, args.builds))
-    return 0
+    # A worker that failed makes the run fail
+    return 1 if any("error" in r for r in results) else 0
 
 
 if __name__ == "__main__":
