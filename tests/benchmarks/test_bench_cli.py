@@ -13,9 +13,17 @@ sys.modules["bench_mttm"] = bench  # dataclasses look their module up there
 spec.loader.exec_module(bench)
 
 
-def test_parse_builds_and_defaults():
-    args = bench.parse_args(["--build", "upstream=/a", "--build", "patched=/b=c"])
-    assert args.builds == [("upstream", "/a"), ("patched", "/b=c")]
+def _site(tmp_path, name):
+    """A site directory that holds a torch_tensorrt package, as --build requires."""
+    (tmp_path / name / "torch_tensorrt").mkdir(parents=True)
+    (tmp_path / name / "torch_tensorrt" / "__init__.py").write_text("")
+    return str(tmp_path / name)
+
+
+def test_parse_builds_and_defaults(tmp_path):
+    a, bc = _site(tmp_path, "a"), _site(tmp_path, "b=c")
+    args = bench.parse_args(["--build", f"upstream={a}", "--build", f"patched={bc}"])
+    assert args.builds == [("upstream", a), ("patched", bc)]
     assert args.sizes == [100.0, 750.0, 3072.0]
     assert args.offload == ["off", "on"]
     assert args.iters >= 50
@@ -94,31 +102,36 @@ def test_several_processes_give_median_and_range_per_build():
 def test_orchestrator_alternates_builds_and_passes_worker_flags(monkeypatch, tmp_path):
     calls = []
 
+    a, b = _site(tmp_path, "a"), _site(tmp_path, "b")
+
     def fake_worker(site, extra_path, size, offload, flags=(), timeout=0):
         calls.append((site, size, offload, list(flags), timeout))
-        return {"forward_ms": 1.0 if site == "/a" else 0.5}
+        return {"forward_ms": 1.0 if site == a else 0.5}
 
     monkeypatch.setattr(bench, "run_worker", fake_worker)
     out = tmp_path / "bench.json"
-    argv = ["--build", "upstream=/a", "--build", "patched=/b", "--sizes", "750"]
+    argv = ["--build", f"upstream={a}", "--build", f"patched={b}", "--sizes", "750"]
     argv += ["--offload", "off", "--processes", "3", "--forward-only"]
     argv += ["--worker-timeout", "90", "--json", str(out)]
     assert bench.main(argv) == 0
-    assert [c[0] for c in calls] == ["/a", "/b", "/b", "/a", "/a", "/b"]
+    assert [c[0] for c in calls] == [a, b, b, a, a, b]
     assert all("--forward-only" in c[3] and c[4] == 90 for c in calls)
     saved = bench.json.loads(out.read_text())
     assert len(saved["results"]) == 6
 
 
-def test_memory_breakdown_runs_one_worker_per_build_and_setting(monkeypatch, capsys):
+def test_memory_breakdown_runs_one_worker_per_build_and_setting(
+    monkeypatch, capsys, tmp_path
+):
     calls = []
+    b = _site(tmp_path, "b")
 
     def fake_worker(site, extra_path, size, offload, flags=(), timeout=0):
         calls.append((site, size, offload, list(flags)))
         return {"after_compile": {"in_use_mib": 1.0}}
 
     monkeypatch.setattr(bench, "run_worker", fake_worker)
-    argv = ["--build", "patched=/b", "--sizes", "750", "100", "--memory-breakdown"]
+    argv = ["--build", f"patched={b}", "--sizes", "750", "100", "--memory-breakdown"]
     assert bench.main(argv) == 0
     assert [(c[1], c[2]) for c in calls] == [(750.0, "off"), (750.0, "on")]
     assert all("--memory-breakdown" in c[3] for c in calls)

@@ -2,11 +2,11 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
-BENCH = ROOT / "benchmarks" / "bench_mttm.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_mttm.py"
 
 
 def _run(*args, timeout=300):
