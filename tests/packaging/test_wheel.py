@@ -310,12 +310,9 @@ def test_patch_that_does_not_apply_names_patch_file_and_hunk(tmp_path, rtx_2_11_
     broken = patches / "2.11" / "0002-mutable-module-offload-only-when-asked.patch"
     text = broken.read_text()
     # Change one context line of the refit_gm hunk: the patch must now be refused, not fuzzed
-    assert text.count("\n             in_place=True,\n") == 1
-    broken.write_text(
-        text.replace(
-            "\n             in_place=True,\n", "\n             in_place=False,\n"
-        )
-    )
+    line = "\n     def get_exported_program(self) -> torch.export.ExportedProgram:\n"
+    assert text.count(line) == 1
+    broken.write_text(text.replace(line, line.replace("get_exported", "get_exported_")))
     out = tmp_path / "out"
     with pytest.raises(bpw.BuildError) as error:
         bpw.build(out, base_wheel=str(rtx_2_11_wheel), patches_dir=patches)
@@ -325,7 +322,7 @@ def test_patch_that_does_not_apply_names_patch_file_and_hunk(tmp_path, rtx_2_11_
         in message
     )
     assert "py/torch_tensorrt/dynamo/runtime/_MutableTorchTensorRTModule.py" in message
-    assert "hunk #6 (@@ -311,7 +320,15 @@" in message, message
+    assert "hunk #6 (@@ -312,5 +321,13 @@" in message, message
     assert not list(out.rglob("*.whl")) if out.exists() else True
 
 
