@@ -800,6 +800,77 @@ def build_editable(
 
 
 # --------------------------------------------------------------------------------------------
+# Refreshing the series for a new release
+
+
+def _hunks(patch: Patch) -> List[Tuple[str, str]]:
+    """``(file, hunk header)`` of each hunk of ``patch``, in order."""
+    hunks, current = [], ""
+    for text in patch.path.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^diff --git a/\S+ b/(\S+)$", text)
+        if match:
+            current = match.group(1)
+        elif text.startswith("@@"):
+            hunks.append((current, text.strip()))
+    return hunks
+
+
+def check_release(
+    wheel: Path, version: str, patches_dir: Path = PATCHES_DIR
+) -> List[str]:
+    """What of the series needs a human before ``wheel`` (any Torch-TensorRT wheel, listed in
+    ``upstream.toml`` or not) can be patched: one line per hunk that does not apply, per file
+    a patch names that the wheel lacks, and per patch that changes nothing. Every patch is tried
+    (``git apply --reject`` keeps the hunks that apply), so one run lists everything; an empty
+    list means the series for ``version`` applies as it is.
+    """
+    series, patches = series_for(version, patches_dir)
+    problems: List[str] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        tree = Path(scratch) / "upstream"
+        with zipfile.ZipFile(wheel) as zf:
+            members = [n for n in zf.namelist() if n.startswith("torch_tensorrt/")]
+            if not members:
+                raise BuildError(f"{wheel} holds no torch_tensorrt package")
+            zf.extractall(tree / UPSTREAM_PACKAGE_PREFIX.rstrip("/"), members=members)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+        env["GIT_CEILING_DIRECTORIES"] = str(tree.parent)
+        subprocess.run(["git", "init", "-q", str(tree)], check=True, env=env)
+        for patch in patches:
+            for name in patch.files():
+                if not (tree / name).is_file():
+                    problems.append(f"{patch.name}: {name} is not in the wheel")
+            before = {
+                n: sha256_of(tree / n) for n in patch.files() if (tree / n).is_file()
+            }
+            out = subprocess.run(
+                ["git", "apply", "-p1", "--reject", "--verbose", str(patch.path)],
+                cwd=tree,
+                capture_output=True,
+                text=True,
+                env=env,
+            )
+            current = ""
+            for line in out.stderr.splitlines():
+                checking = re.match(r"^Checking patch (\S+)\.\.\.$", line)
+                if checking:
+                    current = checking.group(1)
+                rejected = re.match(r"^Rejected hunk #(\d+)\.$", line)
+                if rejected:
+                    number = int(rejected.group(1))
+                    headers = [h for f, h in _hunks(patch) if f == current]
+                    header = headers[number - 1] if number <= len(headers) else ""
+                    problems.append(
+                        f"{patch.name}: {current}: hunk #{number} ({header}) does not apply"
+                    )
+            if out.returncode == 0 and all(
+                sha256_of(tree / n) == digest for n, digest in before.items()
+            ):
+                problems.append(f"{patch.name}: applies but changes nothing")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -826,7 +897,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="directory of the series to apply (default: patches/; patches/staging for "
         "patches not yet validated on a GPU)",
     )
+    parser.add_argument(
+        "--check-release",
+        metavar="WHEEL",
+        help="instead of building: list what of the series (for --base-version, else the "
+        "wheel's version) needs a human before WHEEL can be patched; exit 1 if anything does",
+    )
     args = parser.parse_args(argv)
+    if args.check_release:
+        wheel_path = Path(args.check_release)
+        version = args.base_version or wheel_path.name.split("-")[1]
+        try:
+            problems = check_release(wheel_path, version, Path(args.patches_dir))
+        except (BuildError, OSError, zipfile.BadZipFile) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for problem in problems:
+            print(problem)
+        if not problems:
+            print(f"the series for {version} applies to {wheel_path.name} as it is")
+        return 1 if problems else 0
     try:
         wheel = build(
             Path(args.out_dir),
