@@ -19,6 +19,8 @@ This module is the whole build: a PEP 517 backend (``pip install .``, ``pip whee
    ``PATCHES.json`` (base wheel, its sha256, the series and each patch's sha256) in the dist-info.
 
 Any failure raises ``BuildError`` with one message and leaves no wheel behind.
+``--check-release WHEEL`` builds nothing: it lists what of the series needs a human before a new
+release can be patched (see ``check_release``).
 
 Reproducible: the same inputs give the same bytes. Entries keep the release wheel's order and
 timestamps, added ones take its newest timestamp, and ``SOURCE_DATE_EPOCH`` (when set) stamps
