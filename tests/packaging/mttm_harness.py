@@ -75,7 +75,13 @@ def install_fakes(monkeypatch, calls: Calls) -> None:
 
     root = package("torch_tensorrt", runtime=types.SimpleNamespace())
     package("torch_tensorrt._Device", Device=type("Device", (), {}))
-    package("torch_tensorrt._enums", dtype=type("dtype", (), {}))
+    # dtype._from(torch dtype).to(torch.dtype), as the refit in place converts engine weight dtypes
+    dtype = type(
+        "dtype",
+        (),
+        {"_from": staticmethod(lambda v: types.SimpleNamespace(to=lambda _: v))},
+    )
+    package("torch_tensorrt._enums", dtype=dtype)
     defaults = package(
         "torch_tensorrt.dynamo._defaults",
         DEVICE=None,
@@ -99,11 +105,11 @@ def install_fakes(monkeypatch, calls: Calls) -> None:
     # takes the (fake) full path
     package(
         "torch_tensorrt.dynamo.runtime._PythonTorchTensorRTModule",
-        PythonTorchTensorRTModule=type("PythonTorchTensorRTModule", (), {}),
+        PythonTorchTensorRTModule=type("PythonTorchTensorRTModule", (nn.Module,), {}),
     )
     package(
         "torch_tensorrt.dynamo.runtime._TorchTensorRTModule",
-        TorchTensorRTModule=type("TorchTensorRTModule", (), {}),
+        TorchTensorRTModule=type("TorchTensorRTModule", (nn.Module,), {}),
     )
     package("torch_tensorrt.logging", TRT_LOGGER=None)
     package("tensorrt")

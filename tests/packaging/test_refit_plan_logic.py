@@ -1,0 +1,187 @@
+"""Which tensors the refit in place (patch 0005) sets, and when the weight name maps are trusted.
+
+``_in_place_refit_plan`` reads the exported graph and the engines' weight name maps. Here the
+graph is a real ``torch.export`` of each model and the engines are stand-ins that carry a weight
+name map written the way Torch-TensorRT's interpreter writes it (engine weight name ->
+[state dict name, dtype]), so the rules run on the CPU for each release that has the patch.
+"""
+
+import pytest
+
+torch = pytest.importorskip("torch")  # before mttm_harness, which imports torch
+
+from conftest import VERSIONS  # noqa: E402
+from mttm_harness import MTTM, Calls, load_mttm  # noqa: E402
+
+nn = torch.nn
+F = torch.nn.functional
+WITH_0005 = [v for v in VERSIONS if v.startswith(("2.11.", "2.12."))]
+
+
+@pytest.fixture(params=WITH_0005)
+def module(request, monkeypatch, patched_trees):
+    source = (patched_trees("torch_tensorrt", request.param) / MTTM).read_text()
+    assert "_in_place_refit_plan" in source
+    return load_mttm(monkeypatch, source, Calls())
+
+
+def _plan(module, model, x, weight_name_map):
+    exported = torch.export.export(model.eval(), (x,))
+    gm = nn.Module()
+    engine = module.PythonTorchTensorRTModule()
+    engine.weight_name_map = weight_name_map
+    gm._run_on_acc_0 = engine
+    return module._in_place_refit_plan(gm, exported)
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, x):
+        return self.norm(self.fc(x))
+
+
+def _block_map():
+    f32 = torch.float32
+    return {
+        "fc/linear_weight CONSTANT": ["fc.weight", f32],
+        "fc/linear_bias CONSTANT": ["fc.bias", f32],
+        "norm/layer_norm_weight CONSTANT": ["norm.weight", f32],
+        "norm/layer_norm_bias CONSTANT": ["norm.bias", f32],
+        "norm/layer_norm_eps CONSTANT": ["", f32],
+        "constant_mapping": {},
+    }
+
+
+def test_weights_named_by_their_layers_are_set_in_place(module):
+    targets, reasons, untrusted = _plan(
+        module, Block(), torch.randn(2, 8), _block_map()
+    )
+    assert set(targets) == {"fc.weight", "fc.bias", "norm.weight", "norm.bias"}
+    assert targets["fc.weight"] == [
+        ("_run_on_acc_0", "fc/linear_weight CONSTANT", torch.float32)
+    ]
+    assert not reasons and untrusted is None
+
+
+def test_a_weight_paired_by_value_is_not_trusted(module):
+    weight_name_map = _block_map()
+    # The interpreter's value search paired the norm's weight with another layer's constant
+    weight_name_map["fc/linear_weight CONSTANT"] = ["norm.weight", torch.float32]
+    targets, reasons, untrusted = _plan(
+        module, Block(), torch.randn(2, 8), weight_name_map
+    )
+    assert "norm.weight" in reasons and "by its values" in reasons["norm.weight"]
+    assert "norm.weight" not in targets
+    assert untrusted is not None and "norm.weight" in untrusted
+    # fc.weight is named by no engine weight now: the maps would leave it stale
+    assert "fc.weight" not in targets
+
+
+class Folded(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(8, 8))
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(x) @ self.w.t()
+
+
+def test_a_folded_weight_takes_the_full_refit(module):
+    f32 = torch.float32
+    weight_name_map = {
+        "fc/linear_weight CONSTANT": ["fc.weight", f32],
+        "fc/linear_bias CONSTANT": ["fc.bias", f32],
+        "/matmul_other CONSTANT": ["_frozen_param0", f32],
+    }
+    targets, reasons, untrusted = _plan(
+        module, Folded(), torch.randn(2, 8), weight_name_map
+    )
+    assert "folded into a constant" in reasons["w"]
+    assert set(targets) == {"fc.weight", "fc.bias"}
+    # Folded constants are recomputed by the full refit's lowering: the maps stay trusted
+    assert untrusted is None
+
+
+class Alpha(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.delta = nn.Parameter(torch.zeros(8))
+
+    def forward(self, x):
+        return torch.add(self.fc(x), self.delta, alpha=2)
+
+
+def test_add_with_alpha_is_not_set_in_place(module):
+    f32 = torch.float32
+    weight_name_map = {
+        "fc/linear_weight CONSTANT": ["fc.weight", f32],
+        "fc/linear_bias CONSTANT": ["fc.bias", f32],
+        "/add_other CONSTANT": ["delta", f32],
+    }
+    targets, reasons, untrusted = _plan(
+        module, Alpha(), torch.randn(2, 8), weight_name_map
+    )
+    assert "alpha" in reasons["delta"] and "delta" not in targets
+    assert untrusted is not None
+
+
+class Twice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(self.fc(x))
+
+
+def test_a_weight_used_twice_needs_an_engine_weight_per_use(module):
+    f32 = torch.float32
+    weight_name_map = {
+        "fc/linear_weight CONSTANT": ["fc.weight", f32],
+        "fc/linear_bias CONSTANT": ["fc.bias", f32],
+        "fc/linear_1_weight CONSTANT": ["", f32],
+        "fc/linear_1_bias CONSTANT": ["fc.bias", f32],
+    }
+    targets, reasons, untrusted = _plan(
+        module, Twice(), torch.randn(2, 8), weight_name_map
+    )
+    assert "used 2 times and named by 1" in reasons["fc.weight"]
+    assert set(targets) == {"fc.bias"}
+    assert untrusted is not None
+
+
+def test_engines_without_a_weight_name_map_refit_nothing_in_place(module):
+    targets, reasons, untrusted = _plan(module, Block(), torch.randn(2, 8), None)
+    assert not targets
+    assert set(reasons) >= {"fc.weight", "norm.weight"}
+
+
+@pytest.mark.parametrize(
+    "weight_name, expected",
+    [
+        ("layers.0.fc1/linear_2_weight CONSTANT", "layers.0.fc1.weight"),
+        ("layers.0.fc1/linear_2_bias CONSTANT", "layers.0.fc1.bias"),
+        (
+            "[CONVOLUTION]-[aten_ops.convolution.default]-[layer4.0.conv2/convolution_16] KERNEL",
+            "layer4.0.conv2.weight",
+        ),
+        (
+            "[CONVOLUTION]-[aten_ops.convolution.default]-[layer4.0.conv2/convolution_16] BIAS",
+            "layer4.0.conv2.bias",
+        ),
+        (
+            "lm.model.embed_tokens/embedding_embedding_tensor CONSTANT",
+            "lm.model.embed_tokens.weight",
+        ),
+        ("bn1/_native_batch_norm_legit_no_training_eps CONSTANT", None),
+        ("/add_rhs CONSTANT", None),
+    ],
+)
+def test_the_tensor_a_layer_names(module, weight_name, expected):
+    assert module._tensor_named_by_layer(weight_name) == expected
