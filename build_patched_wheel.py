@@ -417,20 +417,38 @@ def series_for(
     return series, patches
 
 
-def _hunk_at(patch: Patch, file: str, line: int) -> str:
-    """Describe the hunk of ``patch`` for ``file`` that starts at old line ``line``."""
-    current, number = None, 0
+def _hunks(patch: Patch) -> List[Tuple[str, str]]:
+    """``(file, hunk header)`` of each hunk of ``patch``, in order."""
+    hunks, current = [], ""
     for text in patch.path.read_text(encoding="utf-8").splitlines():
         match = re.match(r"^diff --git a/\S+ b/(\S+)$", text)
         if match:
-            current, number = match.group(1), 0
-            continue
-        if current == file and text.startswith("@@"):
-            number += 1
-            start = re.match(r"^@@ -(\d+)", text)
-            if start and int(start.group(1)) == line:
-                return f"hunk #{number} ({text.strip()})"
+            current = match.group(1)
+        elif text.startswith("@@"):
+            hunks.append((current, text.strip()))
+    return hunks
+
+
+def _hunk_at(patch: Patch, file: str, line: int) -> str:
+    """Describe the hunk of ``patch`` for ``file`` that starts at old line ``line``."""
+    headers = [header for name, header in _hunks(patch) if name == file]
+    for number, header in enumerate(headers, start=1):
+        start = re.match(r"^@@ -(\d+)", header)
+        if start and int(start.group(1)) == line:
+            return f"hunk #{number} ({header})"
     return f"the hunk at line {line}"
+
+
+def _git_repository(tree: Path) -> Dict[str, str]:
+    """Make ``tree`` a git repository of its own; the environment to run git in it with.
+
+    GIT_DIR, GIT_WORK_TREE and the like (set inside git hooks, for one) would redirect git, and
+    ``git apply`` run inside another work tree resolves paths against that tree's root.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env["GIT_CEILING_DIRECTORIES"] = str(tree.parent)
+    subprocess.run(["git", "init", "-q", str(tree)], check=True, env=env)
+    return env
 
 
 def apply_series(tree: Path, patches: Sequence[Patch], label: str) -> None:
@@ -442,10 +460,7 @@ def apply_series(tree: Path, patches: Sequence[Patch], label: str) -> None:
     if shutil.which("git") is None:
         raise BuildError("git is needed to apply the patches and was not found on PATH")
     git = ["git", "-c", "core.autocrlf=false"]
-    # GIT_DIR, GIT_WORK_TREE and the like (set inside git hooks, for one) would redirect git
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env["GIT_CEILING_DIRECTORIES"] = str(tree.parent)
-    subprocess.run(git + ["init", "-q", str(tree)], check=True, env=env)
+    env = _git_repository(tree)
     for patch in patches:
         files = patch.files()
         before = {}
@@ -805,18 +820,6 @@ def build_editable(
 # Refreshing the series for a new release
 
 
-def _hunks(patch: Patch) -> List[Tuple[str, str]]:
-    """``(file, hunk header)`` of each hunk of ``patch``, in order."""
-    hunks, current = [], ""
-    for text in patch.path.read_text(encoding="utf-8").splitlines():
-        match = re.match(r"^diff --git a/\S+ b/(\S+)$", text)
-        if match:
-            current = match.group(1)
-        elif text.startswith("@@"):
-            hunks.append((current, text.strip()))
-    return hunks
-
-
 def check_release(
     wheel: Path, version: str, patches_dir: Path = PATCHES_DIR
 ) -> List[str]:
@@ -835,9 +838,7 @@ def check_release(
             if not members:
                 raise BuildError(f"{wheel} holds no torch_tensorrt package")
             zf.extractall(tree / UPSTREAM_PACKAGE_PREFIX.rstrip("/"), members=members)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-        env["GIT_CEILING_DIRECTORIES"] = str(tree.parent)
-        subprocess.run(["git", "init", "-q", str(tree)], check=True, env=env)
+        env = _git_repository(tree)
         for patch in patches:
             for name in patch.files():
                 if not (tree / name).is_file():

@@ -44,11 +44,19 @@ class Block(nn.Module):
         return self.norm(self.fc(x))
 
 
-def _block_map():
+def _linear_fc():
+    """The engine weights of ``self.fc``, a Linear, named by their layer."""
     f32 = torch.float32
     return {
         "fc/linear_weight CONSTANT": ["fc.weight", f32],
         "fc/linear_bias CONSTANT": ["fc.bias", f32],
+    }
+
+
+def _block_map():
+    f32 = torch.float32
+    return {
+        **_linear_fc(),
         "norm/layer_norm_weight CONSTANT": ["norm.weight", f32],
         "norm/layer_norm_bias CONSTANT": ["norm.bias", f32],
         "norm/layer_norm_eps CONSTANT": ["", f32],
@@ -94,8 +102,7 @@ class Folded(nn.Module):
 def test_a_folded_weight_takes_the_full_refit(module):
     f32 = torch.float32
     weight_name_map = {
-        "fc/linear_weight CONSTANT": ["fc.weight", f32],
-        "fc/linear_bias CONSTANT": ["fc.bias", f32],
+        **_linear_fc(),
         "/matmul_other CONSTANT": ["_frozen_param0", f32],
     }
     targets, reasons, untrusted = _plan(
@@ -120,8 +127,7 @@ class Alpha(nn.Module):
 def test_add_with_alpha_is_not_set_in_place(module):
     f32 = torch.float32
     weight_name_map = {
-        "fc/linear_weight CONSTANT": ["fc.weight", f32],
-        "fc/linear_bias CONSTANT": ["fc.bias", f32],
+        **_linear_fc(),
         "/add_other CONSTANT": ["delta", f32],
     }
     targets, reasons, untrusted = _plan(
@@ -143,8 +149,7 @@ class Twice(nn.Module):
 def test_a_weight_used_twice_needs_an_engine_weight_per_use(module):
     f32 = torch.float32
     weight_name_map = {
-        "fc/linear_weight CONSTANT": ["fc.weight", f32],
-        "fc/linear_bias CONSTANT": ["fc.bias", f32],
+        **_linear_fc(),
         "fc/linear_1_weight CONSTANT": ["", f32],
         "fc/linear_1_bias CONSTANT": ["fc.bias", f32],
     }

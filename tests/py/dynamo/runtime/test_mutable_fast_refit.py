@@ -27,6 +27,8 @@ from torch_tensorrt.dynamo.utils import cosine_similarity
 from .test_mutable_offload import _reset_dynamo  # noqa: F401
 from .test_mutable_offload import (
     DEVICE,
+    MTTM_LOGGER,
+    RUNTIMES,
     TinyLanguageModelWithIds,
     _input_ids,
     _make_model,
@@ -34,14 +36,9 @@ from .test_mutable_offload import (
 )
 
 pytestmark = [pytest.mark.unit, requires_refit]
-MTTM_LOGGER = "torch_tensorrt.dynamo.runtime._MutableTorchTensorRTModule"
 IN_PLACE = "engine weights in place"
 FULL = "Refitting with a new export"
 THRESHOLD = 0.999
-RUNTIMES = [
-    pytest.param(False, id="cpp-runtime"),
-    pytest.param(True, id="python-runtime"),
-]
 
 
 def _compile(model, inputs, use_python_runtime, **settings):

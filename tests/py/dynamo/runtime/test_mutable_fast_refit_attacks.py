@@ -31,7 +31,7 @@ import torch_tensorrt as torch_trt
 from .test_mutable_fast_refit import (
     FULL,
     IN_PLACE,
-    RUNTIMES,
+    THRESHOLD,
     _call_after_change,
     _compile,
     _pytorch_output,
@@ -41,6 +41,8 @@ from .test_mutable_fast_refit import (
 from .test_mutable_offload import _reset_dynamo  # noqa: F401
 from .test_mutable_offload import (
     DEVICE,
+    MTTM_LOGGER,
+    RUNTIMES,
     TinyLanguageModelWithIds,
     _input_ids,
     _make_model,
@@ -48,8 +50,6 @@ from .test_mutable_offload import (
 )
 
 pytestmark = [pytest.mark.unit, requires_refit]
-MTTM_LOGGER = "torch_tensorrt.dynamo.runtime._MutableTorchTensorRTModule"
-THRESHOLD = 0.999
 LOW_PRECISION_THRESHOLD = 0.995
 MOVED = 0.99
 H = 64

@@ -22,6 +22,7 @@ import torch_tensorrt as torch_trt
 from .test_mutable_offload import _reset_dynamo  # noqa: F401
 from .test_mutable_offload import (
     BATCH,
+    RUNTIMES,
     SEQ,
     VOCAB,
     TinyLanguageModel,
@@ -64,7 +65,7 @@ def _expected_devices(model, settings):
     }
 
 
-@pytest.mark.parametrize("use_python_runtime", [False, True], ids=["cpp", "python"])
+@pytest.mark.parametrize("use_python_runtime", RUNTIMES)
 @pytest.mark.parametrize("settings", OFFLOAD)
 def test_lifecycle_on_the_second_gpu(settings, use_python_runtime):
     torch.cuda.set_device(0)
