@@ -517,11 +517,12 @@ CONV_STEPS = [
     ("depthwise.weight", "in place"),
     ("depthwise.bias", None),
     # the converter unsqueezes the kernel: its engine weight is named by no tensor, the maps are not
-    # trusted and the full refit runs without them
-    ("conv1d.weight", "full"),
+    # trusted and the full refit runs without them; that refit finds no value for the
+    # deconvolution's bias, fails, and the module compiles again
+    ("conv1d.weight", "refit failed, recompiled"),
     ("conv1d.bias", None),
-    ("deconv.weight", "full"),
-    ("deconv.bias", "full"),
+    ("deconv.weight", "refit failed, recompiled"),
+    ("deconv.bias", "refit failed, recompiled"),
 ]
 
 
@@ -531,6 +532,56 @@ def test_convolutions_one_after_the_other(use_python_runtime, caplog):
     inputs = (_x(2, 3, 16, 16),)
     mttm, before = _compile_checked(model, inputs, use_python_runtime)
     _steps(mttm, model, inputs, before, caplog, CONV_STEPS)
+
+
+class Deconv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.deconv = nn.ConvTranspose2d(16, 8, 2, stride=2)
+
+    def forward(self, x):
+        return self.deconv(x)
+
+
+@pytest.mark.parametrize("use_python_runtime", RUNTIMES)
+def test_refit_without_weight_map_is_never_stale(use_python_runtime):
+    """refit_module_weights without the maps either refits every engine weight or raises."""
+    from torch_tensorrt.dynamo._refit import refit_module_weights
+
+    model = _seeded(Deconv)
+    inputs = (_x(2, 16, 8, 8),)
+    trt_gm = torch_trt.dynamo.compile(
+        torch.export.export(model, inputs),
+        inputs,
+        min_block_size=1,
+        immutable_weights=False,
+        use_python_runtime=use_python_runtime,
+    )
+    with torch.no_grad():
+        before = trt_gm(*inputs).clone()
+        assert _cos(before, model(*inputs)) >= THRESHOLD
+        model.deconv.weight.mul_(-1.0)
+        model.deconv.bias.add_(1.0)
+        expected = model(*inputs)
+    moved = _cos(expected, before)
+    assert (
+        moved < MOVED
+    ), f"the change must move PyTorch's output (cosine to before: {moved})"
+    try:
+        refitted = refit_module_weights(
+            trt_gm,
+            torch.export.export(model, inputs),
+            arg_inputs=inputs,
+            use_weight_map_cache=False,
+            in_place=False,
+        )
+    except AssertionError:
+        return  # the caller knows the engine was not refitted
+    with torch.no_grad():
+        similarity = _cos(refitted(*inputs), expected)
+    assert (
+        similarity >= THRESHOLD
+    ), f"refitted without raising, but stale: cosine {similarity}"
 
 
 # ----------------------------------------------------------------------------------------------
