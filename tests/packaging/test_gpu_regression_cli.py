@@ -234,6 +234,7 @@ def test_every_guard_and_the_lone_case_are_in_the_suite(suite_ids):
     assert {g.split("::")[0] for g in guards} == {
         gr.SUITE_DIR + "/test_mutable_offload.py",
         gr.SUITE_DIR + "/test_mutable_refit_decision.py",
+        gr.SUITE_DIR + "/test_mutable_fast_refit_attacks.py",
     }
 
 
