@@ -408,6 +408,35 @@ def test_manual_refit_and_compile_record_the_weights(mttm_module, calls):
     assert calls.refit == 1 and not calls.compile
 
 
+def _raise(*_, **__):
+    raise RuntimeError("the compiler failed")
+
+
+def test_a_refit_that_raises_leaves_the_change_to_the_next_call(mttm_module, calls, monkeypatch):
+    model, mttm, x = _compiled(mttm_module, calls)
+    assert _outputs_move(model, x, lambda: mttm.fc.weight.mul_(2))
+    with monkeypatch.context() as m:
+        m.setattr(mttm_module, "refit_module_weights", _raise)
+        with pytest.raises(RuntimeError, match="the compiler failed"):
+            mttm.refit_gm()  # called by hand, its error caught by the caller
+    with torch.no_grad():
+        assert torch.allclose(mttm(x), model(x))
+    assert calls.refit == 1
+
+
+def test_a_compile_that_raises_leaves_no_record_of_the_weights(mttm_module, calls, monkeypatch):
+    model, mttm, x = _compiled(mttm_module, calls)
+    assert _outputs_move(model, x, lambda: mttm.fc.weight.mul_(2))
+    with monkeypatch.context() as m:
+        m.setattr(mttm_module, "refit_module_weights", _raise)
+        m.setattr(mttm_module, "dynamo_compile", _raise)
+        with pytest.raises(RuntimeError, match="the compiler failed"), torch.no_grad():
+            mttm(x)  # the refit fails, and so does the compile that follows it
+    assert mttm.weight_fingerprints is None
+    with torch.no_grad():
+        assert torch.allclose(mttm(x), model(x))
+
+
 def test_writes_without_any_trace_through_the_module_are_the_documented_limit(
     mttm_module, calls
 ):

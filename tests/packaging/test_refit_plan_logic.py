@@ -59,7 +59,6 @@ def _block_map():
         **_linear_fc(),
         "norm/layer_norm_weight CONSTANT": ["norm.weight", f32],
         "norm/layer_norm_bias CONSTANT": ["norm.bias", f32],
-        "norm/layer_norm_eps CONSTANT": ["", f32],
         "constant_mapping": {},
     }
 
@@ -73,6 +72,20 @@ def test_weights_named_by_their_layers_are_set_in_place(module):
         ("_run_on_acc_0", "fc/linear_weight CONSTANT", torch.float32)
     ]
     assert not reasons and untrusted is None
+
+
+def test_an_engine_weight_mapped_to_no_tensor_is_not_trusted(module):
+    # A literal (the norm's eps) and a folded tensor whose equal-valued constant another engine
+    # weight took in the value search look the same in the map: no tensor
+    weight_name_map = _block_map()
+    weight_name_map["norm/layer_norm_eps CONSTANT"] = ["", torch.float32]
+    targets, reasons, untrusted = _plan(
+        module, Block(), torch.randn(2, 8), weight_name_map
+    )
+    # The refit in place sets only weights named by their layers: it is not affected
+    assert set(targets) == {"fc.weight", "fc.bias", "norm.weight", "norm.bias"}
+    assert not reasons
+    assert untrusted is not None and "is mapped to no tensor" in untrusted
 
 
 def test_a_weight_paired_by_value_is_not_trusted(module):
@@ -110,8 +123,43 @@ def test_a_folded_weight_takes_the_full_refit(module):
     )
     assert "folded into a constant" in reasons["w"]
     assert set(targets) == {"fc.weight", "fc.bias"}
-    # Folded constants are recomputed by the full refit's lowering: the maps stay trusted
-    assert untrusted is None
+    # A folded constant is found by its values, and the search may pair it with another constant
+    # of equal values: the full refit runs without the maps
+    assert untrusted is not None and "'_frozen_param0' by its values" in untrusted
+
+
+class SharedWithPyTorch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 4, 3, padding=1)
+
+    def forward(self, x):  # (2, 4, 8)
+        return self.conv(x) + (x.mean() * self.conv.weight).sum()
+
+
+def test_a_tensor_of_a_pytorch_submodule_still_needs_an_engine_weight(module):
+    # No engine weight names the kernel; the tensor is also read by an op that runs in PyTorch,
+    # which must not count as a name
+    exported = torch.export.export(SharedWithPyTorch().eval(), (torch.randn(2, 4, 8),))
+    gm = nn.Module()
+    engine = module.PythonTorchTensorRTModule()
+    engine.weight_name_map = {
+        "[CONVOLUTION]-[aten_ops.convolution.default]-[conv/convolution] BIAS": [
+            "conv.bias",
+            torch.float32,
+        ],
+    }
+    gm._run_on_acc_0 = engine
+    pytorch_part = torch.fx.GraphModule(nn.Module(), torch.fx.Graph())
+    pytorch_part.register_module("conv", nn.Conv1d(4, 4, 3, padding=1))
+    gm._run_on_gpu_1 = pytorch_part
+    targets, reasons, untrusted = module._in_place_refit_plan(gm, exported)
+    assert "conv.weight" not in targets
+    assert "PyTorch-executed _run_on_gpu_1" in reasons["conv.weight"]
+    assert (
+        untrusted
+        == "conv.weight is read by the model's ops and named by no engine weight"
+    )
 
 
 class Alpha(nn.Module):

@@ -584,6 +584,50 @@ def test_refit_without_weight_map_is_never_stale(use_python_runtime):
     ), f"refitted without raising, but stale: cosine {similarity}"
 
 
+class GatedBlock(nn.Module):
+    """A zero-initialised tanh gate (folded into a one-element constant) after an RMS norm's eps."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(H, H)
+        self.gate = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return x + torch.tanh(self.gate) * torch.relu(self.fc(h))
+
+
+class FoldedTwice(nn.Module):
+    """One folded constant (a transposed weight) read by two matrix products."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(H, H) / H**0.5)
+
+    def forward(self, x):
+        wt = self.w.t()
+        return torch.tanh(x @ wt) @ wt
+
+
+@pytest.mark.parametrize("use_python_runtime", RUNTIMES)
+@pytest.mark.parametrize(
+    "make_model, steps",
+    [
+        pytest.param(GatedBlock, [("gate", None), ("fc.weight", None)], id="gate"),
+        pytest.param(FoldedTwice, [("w", None)], id="folded-twice"),
+    ],
+)
+def test_folded_constants_found_by_their_values(
+    make_model, steps, use_python_runtime, caplog
+):
+    # The weight name maps pair a folded constant with an engine weight by its values, so the
+    # refit runs without them
+    model = _seeded(make_model)
+    inputs = (_x(2, SEQ, H),)
+    mttm, before = _compile_checked(model, inputs, use_python_runtime)
+    _steps(mttm, model, inputs, before, caplog, steps)
+
+
 # ----------------------------------------------------------------------------------------------
 # 9-10. Tied weights; an optimizer step over every tensor (fused AdamW)
 # ----------------------------------------------------------------------------------------------
