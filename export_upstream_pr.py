@@ -666,24 +666,26 @@ def fork_only_findings(mails: Sequence[Mail]) -> List[str]:
             stripped = text.rstrip("\r\n")
             if stripped != stripped.rstrip() and not where.startswith("docs/"):
                 findings.append(f"{place}: trailing whitespace")
-            for pattern, why in FORK_ONLY:
-                match = re.search(pattern, stripped, re.I)
-                if match:
-                    findings.append(
-                        f"{place}: {match.group(0)!r} ({why}): {stripped.strip()}"
-                    )
+            findings += _pattern_findings(place, stripped, FORK_ONLY)
     return findings
 
 
 def prose_findings(name: str, text: str) -> List[str]:
     findings = []
     for n, line in enumerate(text.splitlines(), start=1):
-        for pattern, why in FORK_ONLY_PROSE:
-            match = re.search(pattern, line, re.I)
-            if match:
-                findings.append(
-                    f"{name}:{n}: {match.group(0)!r} ({why}): {line.strip()}"
-                )
+        findings += _pattern_findings(f"{name}:{n}", line, FORK_ONLY_PROSE)
+    return findings
+
+
+def _pattern_findings(
+    place: str, line: str, patterns: Sequence[Tuple[str, str]]
+) -> List[str]:
+    """One finding for each of ``patterns`` (regular expression, why) that ``line`` matches."""
+    findings = []
+    for pattern, why in patterns:
+        match = re.search(pattern, line, re.I)
+        if match:
+            findings.append(f"{place}: {match.group(0)!r} ({why}): {line.strip()}")
     return findings
 
 

@@ -1,7 +1,11 @@
 """Shared fixtures of the CPU tests: the supported base wheels, fetched once through pip."""
 
+import atexit
+import functools
 import os
+import shutil
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -26,6 +30,7 @@ CACHE = Path(
 )
 
 
+@functools.cache
 def base_wheel(variant: str, version: str) -> Path:
     """The official wheel of ``variant`` ``version`` for this interpreter, from the cache or pip."""
     digests = RELEASES[version][variant]
@@ -54,35 +59,40 @@ def platform_wheel(name: str) -> Path:
     return bpw.download_base_wheel(dist, version, {name: digest}, target, pip_args)
 
 
-@pytest.fixture(scope="session", params=SUPPORTED, ids=lambda p: f"{p[0]}-{p[1]}")
+@pytest.fixture(params=SUPPORTED, ids=lambda p: f"{p[0]}-{p[1]}")
 def supported_wheel(request) -> Path:
     return base_wheel(*request.param)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def rtx_2_11_wheel() -> Path:
     return base_wheel("torch_tensorrt_rtx", "2.11.0")
 
 
-@pytest.fixture(scope="session")
-def patched_trees(tmp_path_factory):
-    """Upstream-layout trees of a release wheel with a series applied, built on demand."""
-    trees = {}
+TREES = Path(tempfile.mkdtemp(prefix="torchtrt-trees-"))
+atexit.register(shutil.rmtree, TREES, ignore_errors=True)
 
-    def get(variant: str, version: str, patches_dir: Path = bpw.PATCHES_DIR) -> Path:
-        key = (variant, version, patches_dir)
-        if key not in trees:
-            wheel = base_wheel(variant, version)
-            tree = tmp_path_factory.mktemp(f"{variant}-{version}") / "upstream"
-            with zipfile.ZipFile(wheel) as zf:
-                members = [n for n in zf.namelist() if n.startswith("torch_tensorrt/")]
-                zf.extractall(tree / "py", members=members)
-            _, patches = bpw.series_for(version, patches_dir)
-            bpw.apply_series(tree, patches, wheel.name)
-            trees[key] = tree
-        return trees[key]
 
-    return get
+@functools.cache
+def patched_tree(
+    variant: str, version: str, patches_dir: Path = bpw.PATCHES_DIR
+) -> Path:
+    """The upstream-layout tree of a release wheel with a series applied, built once per run."""
+    wheel = base_wheel(variant, version)
+    tree = (
+        Path(tempfile.mkdtemp(prefix=f"{variant}-{version}-", dir=TREES)) / "upstream"
+    )
+    with zipfile.ZipFile(wheel) as zf:
+        members = [n for n in zf.namelist() if n.startswith("torch_tensorrt/")]
+        zf.extractall(tree / "py", members=members)
+    _, patches = bpw.series_for(version, patches_dir)
+    bpw.apply_series(tree, patches, wheel.name)
+    return tree
+
+
+@pytest.fixture
+def patched_trees():
+    return patched_tree
 
 
 # The patched _MutableTorchTensorRTModule.py of every supported release, run with the compiler faked

@@ -25,12 +25,18 @@ def module(request, monkeypatch, patched_trees):
     return load_mttm(monkeypatch, source, Calls())
 
 
-def _plan(module, model, x, weight_name_map):
+def _plan(module, model, x, weight_name_map, pytorch_modules=None):
+    """The plan for one engine with ``weight_name_map`` and, as the PyTorch-executed
+    ``_run_on_gpu_1``, a graph module holding ``pytorch_modules`` (name -> module)."""
     exported = torch.export.export(model.eval(), (x,))
     gm = nn.Module()
     engine = module.PythonTorchTensorRTModule()
     engine.weight_name_map = weight_name_map
     gm._run_on_acc_0 = engine
+    if pytorch_modules:
+        gm._run_on_gpu_1 = torch.fx.GraphModule(nn.Module(), torch.fx.Graph())
+        for name, submodule in pytorch_modules.items():
+            gm._run_on_gpu_1.register_module(name, submodule)
     return module._in_place_refit_plan(gm, exported)
 
 
@@ -140,20 +146,14 @@ class SharedWithPyTorch(nn.Module):
 def test_a_tensor_of_a_pytorch_submodule_still_needs_an_engine_weight(module):
     # No engine weight names the kernel; the tensor is also read by an op that runs in PyTorch,
     # which must not count as a name
-    exported = torch.export.export(SharedWithPyTorch().eval(), (torch.randn(2, 4, 8),))
-    gm = nn.Module()
-    engine = module.PythonTorchTensorRTModule()
-    engine.weight_name_map = {
-        "[CONVOLUTION]-[aten_ops.convolution.default]-[conv/convolution] BIAS": [
-            "conv.bias",
-            torch.float32,
-        ],
-    }
-    gm._run_on_acc_0 = engine
-    pytorch_part = torch.fx.GraphModule(nn.Module(), torch.fx.Graph())
-    pytorch_part.register_module("conv", nn.Conv1d(4, 4, 3, padding=1))
-    gm._run_on_gpu_1 = pytorch_part
-    targets, reasons, untrusted = module._in_place_refit_plan(gm, exported)
+    bias = "[CONVOLUTION]-[aten_ops.convolution.default]-[conv/convolution] BIAS"
+    targets, reasons, untrusted = _plan(
+        module,
+        SharedWithPyTorch(),
+        torch.randn(2, 4, 8),
+        {bias: ["conv.bias", torch.float32]},
+        {"conv": nn.Conv1d(4, 4, 3, padding=1)},
+    )
     assert "conv.weight" not in targets
     assert "PyTorch-executed _run_on_gpu_1" in reasons["conv.weight"]
     assert (

@@ -106,6 +106,18 @@ def _mails(directory: Path):
     return sorted(directory.glob("*.patch"))
 
 
+def _apply_mails(tree, pr_dir, option, label=""):
+    """``git apply OPTION`` each mail of the pull request directory ``pr_dir`` to ``tree``."""
+    for mail in _mails(pr_dir):
+        result = subprocess.run(
+            ["git", "apply", option, str(mail)],
+            cwd=tree,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, f"{label}{mail.name}: {result.stderr}"
+
+
 def _stack(planned, item):
     return [*item.ancestors, item]
 
@@ -118,14 +130,7 @@ def _lay_out(tree: Path, out: Path, stack, init_files) -> None:
     if not (tree / ".git").exists():
         subprocess.run(["git", "init", "-q", str(tree)], check=True)
     for step in stack:
-        for mail in _mails(out / step.name):
-            result = subprocess.run(
-                ["git", "apply", "--include=tests/*", str(mail)],
-                cwd=tree,
-                capture_output=True,
-                text=True,
-            )
-            assert result.returncode == 0, f"{mail.name}: {result.stderr}"
+        _apply_mails(tree, out / step.name, "--include=tests/*")
 
 
 def _our_init_files() -> dict:
@@ -638,16 +643,7 @@ def test_each_pull_request_applies_to_a_release_tree(exported, tmp_path):
         shutil.copytree(tmp_path / "wheel", tree)
         subprocess.run(["git", "init", "-q", str(tree)], check=True)
         for step in _stack(planned, item):
-            for mail in _mails(out / step.name):
-                result = subprocess.run(
-                    ["git", "apply", "--exclude=docsrc/*", str(mail)],
-                    cwd=tree,
-                    capture_output=True,
-                    text=True,
-                )
-                assert (
-                    result.returncode == 0
-                ), f"{item.name}: {mail.name}: {result.stderr}"
+            _apply_mails(tree, out / step.name, "--exclude=docsrc/*", f"{item.name}: ")
         for test in item.tests:
             assert (tree / test.path).read_text() == (ROOT / test.path).read_text()
 

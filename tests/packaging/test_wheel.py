@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import RELEASES, ROOT, bpw, platform_wheel
+from conftest import RELEASES, ROOT, base_wheel, bpw, platform_wheel
 from packaging.utils import parse_wheel_filename
 from packaging.version import Version
 
@@ -41,9 +41,9 @@ def _build(tmp_path: Path, **kwargs) -> Path:
 
 
 @pytest.fixture(scope="module")
-def rtx_wheel(tmp_path_factory, rtx_2_11_wheel) -> Path:
+def rtx_wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("rtx")
-    return bpw.build(out, base_wheel=str(rtx_2_11_wheel))
+    return bpw.build(out, base_wheel=str(base_wheel("torch_tensorrt_rtx", "2.11.0")))
 
 
 def test_wheel_name_metadata_record_and_provenance(rtx_wheel, rtx_2_11_wheel):
